@@ -1,0 +1,1 @@
+//! The OCI runtime backend (runc or crun). (To be written.)

@@ -1,0 +1,1 @@
+//! The builder: the step loop, context copies, multi-stage builds, dedupe, logs, cancellation.

@@ -1,0 +1,68 @@
+//! Exit codes (stable, documented in the README):
+//! 0 success; 1 a build step failed; 2 bad usage or bad spec; 3 environment or store
+//! failure; 130 interrupted.
+
+use std::process::ExitCode;
+
+pub const SUCCESS: u8 = 0;
+pub const STEP_FAILED: u8 = 1;
+pub const USAGE: u8 = 2;
+pub const ENVIRONMENT: u8 = 3;
+pub const INTERRUPTED: u8 = 130;
+
+/// An error with the exit code it maps to.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: u8,
+    pub error: anyhow::Error,
+    /// Already reported to the user (print nothing more).
+    pub silent: bool,
+}
+
+impl CliError {
+    pub fn new(code: u8, error: impl Into<anyhow::Error>) -> CliError {
+        CliError {
+            code,
+            error: error.into(),
+            silent: false,
+        }
+    }
+    pub fn usage(error: impl Into<anyhow::Error>) -> CliError {
+        CliError::new(USAGE, error)
+    }
+    pub fn environment(error: impl Into<anyhow::Error>) -> CliError {
+        CliError::new(ENVIRONMENT, error)
+    }
+    pub fn step_failed(error: impl Into<anyhow::Error>) -> CliError {
+        CliError::new(STEP_FAILED, error)
+    }
+    /// Exit with `code` without printing anything (the command already said why).
+    pub fn silent(code: u8) -> CliError {
+        CliError {
+            code,
+            error: anyhow::anyhow!("exit {code}"),
+            silent: true,
+        }
+    }
+}
+
+/// A command's result: the exit code on success (0, or 1 for `fmt --check`), or an error.
+pub type CliResult = Result<u8, CliError>;
+
+pub fn report(result: CliResult) -> ExitCode {
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            if !e.silent {
+                // Spec errors already read `FILE:LINE:COL: error: ...`; others get a prefix.
+                let text = format!("{:#}", e.error);
+                if text.contains(": error: ") {
+                    eprintln!("{text}");
+                } else {
+                    eprintln!("strata: error: {text}");
+                }
+            }
+            ExitCode::from(e.code)
+        }
+    }
+}

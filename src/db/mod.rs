@@ -1,0 +1,1 @@
+//! The SQLite database: schema, migrations and every query strata runs.

@@ -1,0 +1,1 @@
+//! Step ids: the `v1` scheme (default) and the `obuilder` compatibility scheme.

@@ -1,0 +1,14 @@
+//! The spec language: OBuilder's S-expression build specs.
+//!
+//! `sexp` is the value and machine printer, `reader` turns text into spanned S-expressions
+//! (with comments kept for `fmt`), `parse` turns those into the typed [`ast::Spec`] and
+//! validates it, `print` writes specs back (canonical machine form and a readable layout),
+//! `dockerfile` converts a spec to a Dockerfile.
+
+pub mod ast;
+pub mod error;
+pub mod sexp;
+
+pub use ast::{Copy, CopyFrom, Mount, Op, OpItem, Run, Spec, Stage, User};
+pub use error::SpecError;
+pub use sexp::{Sexp, Span};

@@ -1,0 +1,144 @@
+//! strata's snapshot stores.
+//!
+//! A store keeps filesystem trees ("items") by step id and hands out writable copies of
+//! named caches. Every backend (btrfs, ZFS, overlayfs, copy) is a thin adapter behind the
+//! [`Store`] trait; everything shared (database, dedupe, logs, prune) lives in the builder.
+//!
+//! Contract, for every backend:
+//! - An item is a directory holding `rootfs/`, `log` and, for base images, `env`.
+//! - [`Store::prepare`] takes the per-id build lock (an flock under `state/locks/`), so two
+//!   processes never build the same id at once; the second waits and then sees the result
+//!   ([`Prepared::Exists`]).
+//! - A [`PendingItem`] is invisible to [`Store::result`] until [`PendingItem::commit`];
+//!   dropping it without committing discards it. A crash leaves only temporaries, which
+//!   the next [`open`] of the store removes when no live process owns them.
+//! - A cache lease is a private writable copy of the latest version of the named cache; on
+//!   release it becomes the latest version unless another lease of the same cache was
+//!   released first (generation check).
+
+pub mod cache_name;
+pub mod command;
+pub mod error;
+pub mod layout;
+pub mod owner;
+pub mod spec;
+pub mod step_id;
+
+pub mod btrfs;
+pub mod copy;
+pub mod overlay;
+pub mod zfs;
+
+use std::path::{Path, PathBuf};
+
+pub use error::StoreError;
+pub use spec::{RsyncMode, StoreSpec};
+pub use step_id::StepId;
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// What [`Store::prepare`] found once it held the per-id lock.
+pub enum Prepared<'a> {
+    /// Another build (maybe in another process) committed this id while we waited.
+    Exists(PathBuf),
+    /// A writable item to fill; commit or drop it.
+    Pending(Box<dyn PendingItem + 'a>),
+}
+
+/// An item being built: a writable tree (an empty one, or a copy-on-write clone of the base).
+pub trait PendingItem: Send {
+    /// The item directory: the step writes `rootfs/`, `log` and `env` under it.
+    fn path(&self) -> &Path;
+    /// Atomically publishes the item under its id. Returns its final directory and its size.
+    fn commit(self: Box<Self>) -> Result<Committed>;
+    /// Discards the item. Dropping without committing does the same, ignoring errors.
+    fn abort(self: Box<Self>) -> Result<()>;
+}
+
+/// A committed item.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub path: PathBuf,
+    /// Bytes used by this item alone where the backend can tell cheaply, else its apparent size.
+    pub size_bytes: u64,
+}
+
+/// A read-only view of an item's complete root filesystem (the overlay store mounts one on
+/// demand; other stores just point into the item). Valid while the value lives.
+pub trait RootfsView: Send {
+    fn path(&self) -> &Path;
+}
+
+/// A private writable copy of a cache, mounted into a step at its target.
+pub trait CacheLease: Send {
+    fn path(&self) -> &Path;
+    /// Publishes the copy as the cache's latest version, unless another lease of the same
+    /// cache was released since this one was taken (then the copy is discarded).
+    fn release(self: Box<Self>) -> Result<()>;
+}
+
+/// Free and total space of the filesystem holding the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct DiskUsage {
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+}
+
+impl DiskUsage {
+    pub fn free_percent(&self) -> f64 {
+        if self.total_bytes == 0 {
+            return 0.0;
+        }
+        100.0 * self.free_bytes as f64 / self.total_bytes as f64
+    }
+}
+
+/// What a store reports about leftovers it removed when opened.
+#[derive(Debug, Default, Clone)]
+pub struct Recovered {
+    pub removed: Vec<String>,
+}
+
+pub trait Store: Send + Sync {
+    /// The spec this store was opened from (`btrfs:/var/lib/strata`).
+    fn spec(&self) -> &StoreSpec;
+    /// The store's root directory on the host (for ZFS, the pool's mount point).
+    fn root(&self) -> &Path;
+    /// Holds the database, locks and the sandbox's state.
+    fn state_dir(&self) -> PathBuf;
+
+    /// The item directory of a committed id, if there is one.
+    fn result(&self, id: &StepId) -> Result<Option<PathBuf>>;
+    /// Every committed id (for reconcile and `verify`).
+    fn list_results(&self) -> Result<Vec<StepId>>;
+    /// A read-only view of the full root filesystem of a committed item.
+    fn rootfs(&self, id: &StepId) -> Result<Box<dyn RootfsView + '_>>;
+
+    /// Takes the per-id lock (waiting for another builder of the same id) and, unless the id
+    /// was committed meanwhile, prepares an empty item or a writable clone of `base`.
+    fn prepare(&self, base: Option<&StepId>, id: &StepId) -> Result<Prepared<'_>>;
+    /// Removes a committed item. Children must be deleted first (the builder does).
+    fn delete(&self, id: &StepId) -> Result<()>;
+    /// Waits until deleted items' space is really free (btrfs cleaner); cheap no-op elsewhere.
+    fn complete_deletes(&self) -> Result<()>;
+
+    /// A private writable copy of cache `name`, created empty and owned by `uid:gid` if new.
+    fn cache(&self, name: &str, uid: u32, gid: u32) -> Result<Box<dyn CacheLease + '_>>;
+    /// Deletes a cache: [`StoreError::Busy`] while leases are out, where the backend needs that.
+    fn delete_cache(&self, name: &str) -> Result<()>;
+    /// Names of the existing caches.
+    fn list_caches(&self) -> Result<Vec<String>>;
+
+    fn disk_usage(&self) -> Result<DiskUsage>;
+}
+
+/// Opens (and on first use initialises) the store a spec names, removing leftovers that no
+/// live process owns.
+pub fn open(spec: &StoreSpec) -> Result<Box<dyn Store>> {
+    match spec {
+        StoreSpec::Btrfs(_) => btrfs::open(spec),
+        StoreSpec::Rsync { .. } | StoreSpec::Xfs(_) => copy::open(spec),
+        StoreSpec::Zfs { .. } => zfs::open(spec),
+        StoreSpec::Overlayfs(_) => overlay::open(spec),
+    }
+}

@@ -1,0 +1,209 @@
+//! Who owns a temporary: locks that tell live processes from dead ones.
+//!
+//! Every process that opens a store takes an exclusive flock on its own owner file
+//! `state/owners/<tag>.lock` and keeps it for its lifetime; the kernel drops the lock when
+//! the process dies, even under `kill -9`. Temporaries (items being built, cache copies,
+//! sandbox bundles, containers) carry the owner tag in their names, so a later process can
+//! remove exactly those whose owner is gone and never touch a live process's work.
+//!
+//! [`FileLock`] is also the per-id build lock and the lease lock used by prune.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::IoContext;
+use crate::StoreError;
+
+/// An flock on a file, released when dropped (or when the process dies).
+#[derive(Debug)]
+pub struct FileLock {
+    _file: File,
+    path: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    Shared,
+    Exclusive,
+}
+
+impl FileLock {
+    fn open(path: &Path) -> Result<File, StoreError> {
+        OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(path)
+            .context(|| format!("opening lock {}", path.display()))
+    }
+
+    /// Waits for the lock.
+    pub fn acquire(path: &Path, mode: LockMode) -> Result<FileLock, StoreError> {
+        let file = Self::open(path)?;
+        flock(&file, mode, true).context(|| format!("locking {}", path.display()))?;
+        Ok(FileLock {
+            _file: file,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Takes the lock if nobody holds a conflicting one, else `None`.
+    pub fn try_acquire(path: &Path, mode: LockMode) -> Result<Option<FileLock>, StoreError> {
+        let file = Self::open(path)?;
+        match flock(&file, mode, false) {
+            Ok(()) => Ok(Some(FileLock {
+                _file: file,
+                path: path.to_owned(),
+            })),
+            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(None),
+            Err(e) => Err(StoreError::io(format!("locking {}", path.display()), e)),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether some process holds a lock on `path` that conflicts with an exclusive one.
+    pub fn is_held(path: &Path) -> Result<bool, StoreError> {
+        if !path.exists() {
+            return Ok(false);
+        }
+        Ok(Self::try_acquire(path, LockMode::Exclusive)?.is_none())
+    }
+}
+
+fn flock(file: &File, mode: LockMode, wait: bool) -> std::io::Result<()> {
+    let mut op = match mode {
+        LockMode::Shared => libc::LOCK_SH,
+        LockMode::Exclusive => libc::LOCK_EX,
+    };
+    if !wait {
+        op |= libc::LOCK_NB;
+    }
+    loop {
+        // SAFETY: flock on a valid, owned file descriptor.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// This process's claim on the temporaries it creates in one store.
+#[derive(Debug)]
+pub struct ProcessOwner {
+    tag: String,
+    counter: AtomicU64,
+    _lock: FileLock,
+}
+
+/// Separates the owner tag from the rest of a temporary's name.
+pub const OWNER_SEPARATOR: &str = "--";
+
+impl ProcessOwner {
+    /// Registers this process in `owners_dir`.
+    pub fn register(owners_dir: &Path) -> Result<ProcessOwner, StoreError> {
+        fs::create_dir_all(owners_dir).context(|| format!("creating {}", owners_dir.display()))?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let tag = format!("{}.{:08x}", std::process::id(), nanos);
+        let lock = FileLock::acquire(&owners_dir.join(format!("{tag}.lock")), LockMode::Exclusive)?;
+        Ok(ProcessOwner {
+            tag,
+            counter: AtomicU64::new(0),
+            _lock: lock,
+        })
+    }
+
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// A fresh temporary name owned by this process: `<tag>--<n>-<suffix>`.
+    pub fn temp_name(&self, suffix: &str) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{}{OWNER_SEPARATOR}{n}-{suffix}", self.tag)
+    }
+
+    /// The owner tag of a temporary's name, if it has one.
+    pub fn owner_of(name: &str) -> Option<&str> {
+        name.split_once(OWNER_SEPARATOR).map(|(tag, _)| tag)
+    }
+
+    /// Whether the process that owns `tag` is still alive (holds its owner lock).
+    pub fn is_alive(owners_dir: &Path, tag: &str) -> Result<bool, StoreError> {
+        if tag.contains('/') || tag.is_empty() {
+            return Ok(false);
+        }
+        FileLock::is_held(&owners_dir.join(format!("{tag}.lock")))
+    }
+
+    /// Removes owner files of dead processes (after their temporaries are gone).
+    pub fn forget_dead(owners_dir: &Path) -> Result<(), StoreError> {
+        for name in crate::layout::Layout::entries(owners_dir)? {
+            if let Some(tag) = name.strip_suffix(".lock") {
+                let path = owners_dir.join(&name);
+                if let Some(_lock) = FileLock::try_acquire(&path, LockMode::Exclusive)? {
+                    if !tag.is_empty() {
+                        let _ = fs::remove_file(&path);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a temporary called `name` may be removed: it has no owner tag, or its owner died.
+pub fn is_orphan(owners_dir: &Path, name: &str) -> Result<bool, StoreError> {
+    match ProcessOwner::owner_of(name) {
+        None => Ok(true),
+        Some(tag) => Ok(!ProcessOwner::is_alive(owners_dir, tag)?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exclusive_lock_conflicts_even_in_one_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.lock");
+        let held = FileLock::acquire(&path, LockMode::Exclusive).unwrap();
+        assert!(FileLock::try_acquire(&path, LockMode::Shared).unwrap().is_none());
+        drop(held);
+        let a = FileLock::try_acquire(&path, LockMode::Shared).unwrap().unwrap();
+        let b = FileLock::try_acquire(&path, LockMode::Shared).unwrap();
+        assert!(b.is_some(), "shared locks coexist");
+        assert!(FileLock::is_held(&path).unwrap());
+        drop((a, b));
+        assert!(!FileLock::is_held(&path).unwrap());
+    }
+
+    #[test]
+    fn live_owner_is_not_orphan() {
+        let dir = tempfile::tempdir().unwrap();
+        let owner = ProcessOwner::register(dir.path()).unwrap();
+        let name = owner.temp_name("abc");
+        assert_eq!(ProcessOwner::owner_of(&name), Some(owner.tag()));
+        assert!(!is_orphan(dir.path(), &name).unwrap());
+        assert!(is_orphan(dir.path(), "no-owner-tag").unwrap());
+        assert!(is_orphan(dir.path(), "123.dead--0-x").unwrap());
+        let tag = owner.tag().to_owned();
+        drop(owner);
+        assert!(!ProcessOwner::is_alive(dir.path(), &tag).unwrap());
+        ProcessOwner::forget_dead(dir.path()).unwrap();
+        assert!(crate::layout::Layout::entries(dir.path()).unwrap().is_empty());
+    }
+}
