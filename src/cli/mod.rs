@@ -1,6 +1,10 @@
 //! The command line: clap definitions, one file per subcommand, exit codes.
 
+pub mod backend;
+pub mod build;
 pub mod exit;
+pub mod progress;
+pub mod units;
 
 use std::process::ExitCode;
 
@@ -46,7 +50,10 @@ pub enum Color {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Build a spec and print the id of its last step
+    Build(build::BuildArgs),
+}
 
 fn init_logging(global: &GlobalArgs) {
     let level = if global.quiet {
@@ -71,6 +78,8 @@ fn init_logging(global: &GlobalArgs) {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.global);
-    let result: CliResult = match cli.command {};
+    let result: CliResult = match cli.command {
+        Command::Build(args) => build::run(&cli.global, args),
+    };
     exit::report(result)
 }

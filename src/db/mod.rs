@@ -1,1 +1,474 @@
 //! The SQLite database: schema, migrations and every query strata runs.
+//!
+//! One row per committed item (`builds`), keyed by step id, with OBuilder's meaning
+//! (created, last used, parent) plus what strata needs (size, duration, the op that made it,
+//! the digest a base image resolved to). Times are milliseconds since the Unix epoch.
+//! A parent's child count is derived by query (never stored), so it cannot drift.
+//!
+//! WAL mode and a long busy timeout: several strata processes share one store, and a
+//! database locked by another process is waited for, not an error.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::key::IdScheme;
+use strata_stores::StepId;
+
+/// Schema versions, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[
+    // 1: the initial schema.
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+     CREATE TABLE builds (
+        id TEXT PRIMARY KEY,
+        parent TEXT,
+        created INTEGER NOT NULL,
+        used INTEGER NOT NULL,
+        size INTEGER NOT NULL DEFAULT 0,
+        duration_ms INTEGER NOT NULL DEFAULT 0,
+        op TEXT NOT NULL DEFAULT '',
+        base_digest TEXT
+     );
+     CREATE INDEX builds_parent ON builds(parent);
+     CREATE INDEX builds_used ON builds(used);
+     CREATE TABLE caches (name TEXT PRIMARY KEY, created INTEGER NOT NULL, used INTEGER NOT NULL);",
+];
+
+const BUSY_TIMEOUT: Duration = Duration::from_secs(600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("database {path} was created by a newer strata (schema {found}, this one knows {known})")]
+    TooNew { path: PathBuf, found: i64, known: i64 },
+    #[error("store uses the {found} id scheme, not {requested} (chosen when the store was created)")]
+    SchemeMismatch { found: String, requested: String },
+    #[error("database {path}: unknown id scheme {value:?}")]
+    BadScheme { path: PathBuf, value: String },
+}
+
+/// One committed item.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BuildRow {
+    pub id: String,
+    pub parent: Option<String>,
+    pub created: i64,
+    pub used: i64,
+    pub size: u64,
+    pub duration_ms: u64,
+    pub op: String,
+    pub base_digest: Option<String>,
+    /// Number of items whose parent this is.
+    pub children: u64,
+}
+
+/// What to record when an item is committed.
+#[derive(Debug, Clone)]
+pub struct NewBuild<'a> {
+    pub id: &'a StepId,
+    pub parent: Option<&'a StepId>,
+    pub size: u64,
+    pub duration_ms: u64,
+    pub op: &'a str,
+    pub base_digest: Option<&'a str>,
+}
+
+pub struct Db {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Db {
+    /// Opens (creating and migrating) `<state_dir>/db/db.sqlite`.
+    pub fn open(state_dir: &Path) -> Result<Db, DbError> {
+        let dir = state_dir.join("db");
+        let path = dir.join("db.sqlite");
+        let sqlite = |source| DbError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            return Err(sqlite(rusqlite::Error::InvalidPath(PathBuf::from(format!(
+                "{}: {e}",
+                dir.display()
+            )))));
+        }
+        let conn = Connection::open(&path).map_err(sqlite)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(sqlite)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(sqlite)?;
+        let mut db = Db { conn, path };
+        db.migrate()?;
+        Ok(db)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, source: rusqlite::Error) -> DbError {
+        DbError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn migrate(&mut self) -> Result<(), DbError> {
+        let known = MIGRATIONS.len() as i64;
+        // An immediate transaction serialises concurrent first opens of a new store.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| DbError::Sqlite {
+                path: self.path.clone(),
+                source: e,
+            })?;
+        let version: i64 = tx
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| DbError::Sqlite {
+                path: self.path.clone(),
+                source: e,
+            })?;
+        if version > known {
+            return Err(DbError::TooNew {
+                path: self.path.clone(),
+                found: version,
+                known,
+            });
+        }
+        for sql in &MIGRATIONS[version as usize..] {
+            tx.execute_batch(sql).map_err(|e| DbError::Sqlite {
+                path: self.path.clone(),
+                source: e,
+            })?;
+        }
+        tx.pragma_update(None, "user_version", known)
+            .map_err(|e| DbError::Sqlite {
+                path: self.path.clone(),
+                source: e,
+            })?;
+        tx.commit().map_err(|e| DbError::Sqlite {
+            path: self.path.clone(),
+            source: e,
+        })
+    }
+
+    /// The store's id scheme: recorded on first use (`requested`, or v1), checked afterwards.
+    pub fn id_scheme(&self, requested: Option<IdScheme>) -> Result<IdScheme, DbError> {
+        let found: Option<String> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'id_scheme'", [], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))?;
+        match found {
+            Some(value) => {
+                let scheme: IdScheme = value.parse().map_err(|_| DbError::BadScheme {
+                    path: self.path.clone(),
+                    value: value.clone(),
+                })?;
+                if let Some(req) = requested {
+                    if req != scheme {
+                        return Err(DbError::SchemeMismatch {
+                            found: scheme.to_string(),
+                            requested: req.to_string(),
+                        });
+                    }
+                }
+                Ok(scheme)
+            }
+            None => {
+                let scheme = requested.unwrap_or_default();
+                self.conn
+                    .execute(
+                        "INSERT OR IGNORE INTO meta (key, value) VALUES ('id_scheme', ?1)",
+                        params![scheme.to_string()],
+                    )
+                    .map_err(|e| self.err(e))?;
+                // Another process may have won the race: read back what is recorded.
+                self.id_scheme(requested)
+            }
+        }
+    }
+
+    /// Records a committed item (replacing a stale row of the same id).
+    pub fn insert_build(&self, b: &NewBuild<'_>) -> Result<(), DbError> {
+        let now = now_ms();
+        self.conn
+            .execute(
+                "INSERT INTO builds (id, parent, created, used, size, duration_ms, op, base_digest)
+                 VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT(id) DO UPDATE SET parent = excluded.parent, used = excluded.used,
+                   size = excluded.size, duration_ms = excluded.duration_ms, op = excluded.op,
+                   base_digest = excluded.base_digest",
+                params![
+                    b.id.as_str(),
+                    b.parent.map(|p| p.as_str()),
+                    now,
+                    b.size as i64,
+                    b.duration_ms as i64,
+                    b.op,
+                    b.base_digest
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Marks an item as used now.
+    pub fn touch(&self, id: &StepId) -> Result<(), DbError> {
+        self.conn
+            .execute(
+                "UPDATE builds SET used = MAX(used, ?2) WHERE id = ?1",
+                params![id.as_str(), now_ms()],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub fn exists(&self, id: &StepId) -> Result<bool, DbError> {
+        self.conn
+            .query_row(
+                "SELECT EXISTS(SELECT 1 FROM builds WHERE id = ?1)",
+                [id.as_str()],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))
+    }
+
+    fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BuildRow> {
+        Ok(BuildRow {
+            id: r.get(0)?,
+            parent: r.get(1)?,
+            created: r.get(2)?,
+            used: r.get(3)?,
+            size: r.get::<_, i64>(4)? as u64,
+            duration_ms: r.get::<_, i64>(5)? as u64,
+            op: r.get(6)?,
+            base_digest: r.get(7)?,
+            children: r.get::<_, i64>(8)? as u64,
+        })
+    }
+
+    const SELECT: &'static str = "SELECT b.id, b.parent, b.created, b.used, b.size, b.duration_ms, b.op, b.base_digest,
+            (SELECT COUNT(*) FROM builds c WHERE c.parent = b.id) FROM builds b";
+
+    pub fn get(&self, id: &str) -> Result<Option<BuildRow>, DbError> {
+        let sql = format!("{} WHERE b.id = ?1", Self::SELECT);
+        self.conn
+            .query_row(&sql, [id], Self::row)
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every item, least recently used first.
+    pub fn list(&self) -> Result<Vec<BuildRow>, DbError> {
+        let sql = format!("{} ORDER BY b.used ASC, b.id ASC", Self::SELECT);
+        let mut stmt = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], Self::row)
+            .map_err(|e| self.err(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+
+    pub fn children(&self, id: &str) -> Result<Vec<String>, DbError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id FROM builds WHERE parent = ?1 ORDER BY id")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([id], |r| r.get(0))
+            .map_err(|e| self.err(e))?
+            .collect::<Result<Vec<String>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+
+    /// Leaves (items without children) last used before `before_ms`, oldest first.
+    pub fn lru_leaves(&self, before_ms: i64, limit: usize) -> Result<Vec<BuildRow>, DbError> {
+        let sql = format!(
+            "{} WHERE b.used < ?1 AND NOT EXISTS (SELECT 1 FROM builds c WHERE c.parent = b.id)
+             ORDER BY b.used ASC, b.id ASC LIMIT ?2",
+            Self::SELECT
+        );
+        let mut stmt = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![before_ms, limit as i64], Self::row)
+            .map_err(|e| self.err(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+
+    pub fn delete(&self, id: &str) -> Result<(), DbError> {
+        self.conn
+            .execute("DELETE FROM builds WHERE id = ?1", [id])
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub fn count(&self) -> Result<u64, DbError> {
+        self.conn
+            .query_row("SELECT COUNT(*) FROM builds", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Rows whose parent has no row (a store damaged outside strata).
+    pub fn orphans(&self) -> Result<Vec<String>, DbError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT b.id FROM builds b WHERE b.parent IS NOT NULL
+                 AND NOT EXISTS (SELECT 1 FROM builds p WHERE p.id = b.parent) ORDER BY b.id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| r.get(0))
+            .map_err(|e| self.err(e))?
+            .collect::<Result<Vec<String>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+
+    /// Checks SQLite's own consistency (`PRAGMA quick_check`).
+    pub fn quick_check(&self) -> Result<Vec<String>, DbError> {
+        let mut stmt = self.conn.prepare("PRAGMA quick_check").map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(|e| self.err(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows.into_iter().filter(|r| r != "ok").collect())
+    }
+
+    pub fn touch_cache(&self, name: &str) -> Result<(), DbError> {
+        let now = now_ms();
+        self.conn
+            .execute(
+                "INSERT INTO caches (name, created, used) VALUES (?1, ?2, ?2)
+                 ON CONFLICT(name) DO UPDATE SET used = excluded.used",
+                params![name, now],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub fn delete_cache(&self, name: &str) -> Result<(), DbError> {
+        self.conn
+            .execute("DELETE FROM caches WHERE name = ?1", [name])
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Caches with their last use, oldest first.
+    pub fn caches(&self) -> Result<Vec<(String, i64, i64)>, DbError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, created, used FROM caches ORDER BY used ASC")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(|e| self.err(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> StepId {
+        StepId::from_digest(&[n; 32])
+    }
+
+    fn add(db: &Db, n: u8, parent: Option<u8>) {
+        let parent = parent.map(id);
+        db.insert_build(&NewBuild {
+            id: &id(n),
+            parent: parent.as_ref(),
+            size: 10,
+            duration_ms: 1,
+            op: "(run (shell x))",
+            base_digest: None,
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn leaves_first_and_children_derived() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        add(&db, 1, None);
+        add(&db, 2, Some(1));
+        add(&db, 3, Some(2));
+        let far_future = now_ms() + 60_000;
+        let leaves: Vec<_> = db
+            .lru_leaves(far_future, 10)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(leaves, vec![id(3).to_string()]);
+        assert_eq!(db.get(id(1).as_str()).unwrap().unwrap().children, 1);
+        db.delete(id(3).as_str()).unwrap();
+        let leaves: Vec<_> = db
+            .lru_leaves(far_future, 10)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(leaves, vec![id(2).to_string()]);
+        assert!(
+            db.lru_leaves(0, 10).unwrap().is_empty(),
+            "nothing used before the epoch"
+        );
+        assert_eq!(db.count().unwrap(), 2);
+    }
+
+    #[test]
+    fn scheme_recorded_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        assert_eq!(db.id_scheme(Some(IdScheme::Obuilder)).unwrap(), IdScheme::Obuilder);
+        assert_eq!(db.id_scheme(None).unwrap(), IdScheme::Obuilder);
+        assert!(matches!(
+            db.id_scheme(Some(IdScheme::V1)),
+            Err(DbError::SchemeMismatch { .. })
+        ));
+        drop(db);
+        let db = Db::open(dir.path()).unwrap();
+        assert_eq!(db.id_scheme(None).unwrap(), IdScheme::Obuilder);
+    }
+
+    #[test]
+    fn reopen_keeps_rows_and_orphans_found() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = Db::open(dir.path()).unwrap();
+            add(&db, 1, None);
+            add(&db, 2, Some(9));
+        }
+        let db = Db::open(dir.path()).unwrap();
+        assert_eq!(db.count().unwrap(), 2);
+        assert_eq!(db.orphans().unwrap(), vec![id(2).to_string()]);
+        assert!(db.quick_check().unwrap().is_empty());
+    }
+}

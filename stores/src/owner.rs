@@ -67,6 +67,11 @@ impl FileLock {
         &self.path
     }
 
+    /// The metadata of the locked file (to check the path still names it).
+    pub fn metadata(&self) -> std::io::Result<std::fs::Metadata> {
+        self._file.metadata()
+    }
+
     /// Whether some process holds a lock on `path` that conflicts with an exclusive one.
     pub fn is_held(path: &Path) -> Result<bool, StoreError> {
         if !path.exists() {

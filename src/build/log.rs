@@ -1,0 +1,189 @@
+//! A step's log: raw output, written to `<item>/log` and tailed live by every client.
+//!
+//! Tailers read through a retained file descriptor with positional reads, so they keep
+//! working after the store moves the item at commit (OBuilder's late-joiner ENOENT bug).
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use strata_sandbox::{Cancel, LogSink};
+
+#[derive(Debug)]
+struct State {
+    len: u64,
+    finished: bool,
+    /// The last write error (a full disk): reported once the step ends.
+    error: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct StepLog {
+    file: File,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+impl StepLog {
+    /// Creates (truncating) the log file at `path`.
+    pub fn create(path: &Path) -> std::io::Result<StepLog> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(path)?;
+        Ok(StepLog::from_file(file, 0, false))
+    }
+
+    /// Opens a finished log (a cached step's) for replay.
+    pub fn open_finished(path: &Path) -> std::io::Result<StepLog> {
+        let file = File::open(path)?;
+        let len = file.metadata()?.len();
+        Ok(StepLog::from_file(file, len, true))
+    }
+
+    /// A log with no content.
+    pub fn empty() -> std::io::Result<StepLog> {
+        let file = tempfile::tempfile()?;
+        Ok(StepLog::from_file(file, 0, true))
+    }
+
+    fn from_file(file: File, len: u64, finished: bool) -> StepLog {
+        StepLog {
+            file,
+            state: Mutex::new(State {
+                len,
+                finished,
+                error: None,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn append(&self, bytes: &[u8]) {
+        let mut state = self.lock();
+        if state.finished {
+            return;
+        }
+        match (&self.file).write_all(bytes) {
+            Ok(()) => state.len += bytes.len() as u64,
+            Err(e) => {
+                if state.error.is_none() {
+                    state.error = Some(e.to_string());
+                }
+            }
+        }
+        self.changed.notify_all();
+    }
+
+    /// Marks the log complete: tailers return once they have read everything.
+    pub fn finish(&self) -> Option<String> {
+        let mut state = self.lock();
+        state.finished = true;
+        let _ = self.file.sync_data();
+        self.changed.notify_all();
+        state.error.clone()
+    }
+
+    /// Streams the log from byte 0 into `out` until it is finished (true) or `cancel`
+    /// fires (false).
+    pub fn tail(&self, cancel: &Cancel, out: &mut dyn FnMut(&[u8])) -> bool {
+        let mut offset = 0u64;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let (len, finished) = {
+                let mut state = self.lock();
+                while state.len == offset && !state.finished {
+                    if cancel.is_cancelled() {
+                        return false;
+                    }
+                    let (s, _) = self
+                        .changed
+                        .wait_timeout(state, Duration::from_millis(100))
+                        .unwrap_or_else(|p| p.into_inner());
+                    state = s;
+                }
+                (state.len, state.finished)
+            };
+            while offset < len {
+                let want = ((len - offset) as usize).min(buf.len());
+                match self.file.read_at(&mut buf[..want], offset) {
+                    Ok(0) | Err(_) => return true,
+                    Ok(n) => {
+                        out(&buf[..n]);
+                        offset += n as u64;
+                    }
+                }
+            }
+            if finished && offset >= len {
+                return true;
+            }
+            if cancel.is_cancelled() {
+                return false;
+            }
+        }
+    }
+
+    /// The last `lines` lines of the log (for a failed step's summary).
+    pub fn last_lines(&self, lines: usize) -> String {
+        let len = self.lock().len;
+        let start = len.saturating_sub(8192);
+        let mut buf = vec![0u8; (len - start) as usize];
+        if self.file.read_at(&mut buf, start).is_err() {
+            return String::new();
+        }
+        let text = String::from_utf8_lossy(&buf);
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl LogSink for StepLog {
+    fn write(&self, bytes: &[u8]) {
+        self.append(bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn late_joiner_sees_everything_then_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(StepLog::create(&dir.path().join("log")).unwrap());
+        log.append(b"early\n");
+        let l2 = log.clone();
+        let t = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            assert!(l2.tail(&Cancel::new(), &mut |b| got.extend_from_slice(b)));
+            got
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        // The item moves at commit: the retained fd keeps working.
+        std::fs::rename(dir.path().join("log"), dir.path().join("moved")).unwrap();
+        log.append(b"late\n");
+        log.finish();
+        assert_eq!(t.join().unwrap(), b"early\nlate\n");
+        assert_eq!(log.last_lines(1), "late");
+    }
+
+    #[test]
+    fn cancelled_tail_returns() {
+        let log = StepLog::empty().unwrap();
+        let live = StepLog::create(&tempfile::tempdir().unwrap().path().join("l")).unwrap();
+        let cancel = Cancel::new();
+        cancel.cancel();
+        assert!(!live.tail(&cancel, &mut |_| {}));
+        assert!(log.tail(&Cancel::new(), &mut |_| {}));
+    }
+}

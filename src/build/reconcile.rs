@@ -1,0 +1,165 @@
+//! Keeping the database and the store in agreement.
+//!
+//! Run quietly at start-up (after the store removed its own dead temporaries) and by
+//! `strata verify [--repair]`: every row has a committed result, every result has a row,
+//! every parent exists, SQLite itself is sound. A `kill -9` between commit and insert leaves
+//! a result without a row: it is adopted from the `strata.json` the item carries. A result
+//! deleted behind strata's back takes its row, and its descendants, with it.
+
+use std::collections::{BTreeSet, HashSet};
+
+use strata_stores::StepId;
+
+use super::{BuildError, Builder, ItemMeta};
+use crate::db::NewBuild;
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Problem {
+    /// SQLite's own check failed.
+    Database { message: String },
+    /// A row whose item is not in the store.
+    RowWithoutResult { id: String },
+    /// A committed item without a row.
+    ResultWithoutRow { id: String },
+    /// A row whose parent has no row.
+    MissingParent { id: String, parent: String },
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Problem::Database { message } => write!(f, "database check failed: {message}"),
+            Problem::RowWithoutResult { id } => write!(f, "{id}: recorded in the database but missing from the store"),
+            Problem::ResultWithoutRow { id } => write!(f, "{id}: in the store but not in the database"),
+            Problem::MissingParent { id, parent } => write!(f, "{id}: parent {parent} is not recorded"),
+        }
+    }
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Report {
+    pub problems: Vec<Problem>,
+    /// What `repair` did, one line each.
+    pub repairs: Vec<String>,
+}
+
+impl Builder {
+    /// Checks the store against the database; with `repair`, fixes what it finds.
+    pub fn reconcile(&self, repair: bool) -> Result<Report, BuildError> {
+        let mut report = Report::default();
+        let store = self.store();
+        for message in self.db().quick_check()? {
+            report.problems.push(Problem::Database { message });
+        }
+        let results: BTreeSet<StepId> = store.list_results()?.into_iter().collect();
+        let rows = self.db().list()?;
+        let row_ids: HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+
+        for id in &results {
+            if row_ids.contains(id.as_str()) {
+                continue;
+            }
+            report.problems.push(Problem::ResultWithoutRow { id: id.to_string() });
+            if repair {
+                let item = store.result(id)?;
+                match item.as_deref().and_then(ItemMeta::read) {
+                    Some(meta) => {
+                        let parent: Option<StepId> = meta.parent.as_deref().and_then(|p| p.parse().ok());
+                        self.db().insert_build(&NewBuild {
+                            id,
+                            parent: parent.as_ref(),
+                            size: 0,
+                            duration_ms: meta.duration_ms,
+                            op: &meta.op,
+                            base_digest: meta.base_digest.as_deref(),
+                        })?;
+                        report.repairs.push(format!("adopted {id} (committed, never recorded)"));
+                    }
+                    None => {
+                        if let Some(lease) = self.leases().try_exclusive(id)? {
+                            store.delete(id)?;
+                            lease.removed();
+                            report
+                                .repairs
+                                .push(format!("removed {id} (no record of how it was made)"));
+                        }
+                    }
+                }
+            }
+        }
+
+        let mut doomed: Vec<String> = Vec::new();
+        for row in &rows {
+            let Ok(id) = row.id.parse::<StepId>() else {
+                report.problems.push(Problem::RowWithoutResult { id: row.id.clone() });
+                doomed.push(row.id.clone());
+                continue;
+            };
+            if !results.contains(&id) {
+                report.problems.push(Problem::RowWithoutResult { id: row.id.clone() });
+                doomed.push(row.id.clone());
+            }
+            if let Some(parent) = &row.parent {
+                if !row_ids.contains(parent.as_str()) {
+                    report.problems.push(Problem::MissingParent {
+                        id: row.id.clone(),
+                        parent: parent.clone(),
+                    });
+                    doomed.push(row.id.clone());
+                }
+            }
+        }
+        if repair {
+            for id in doomed {
+                // Descendants of a lost item cannot be trusted on every store (an overlay
+                // layer needs its parents): remove them, children first.
+                for removed in self.delete_tree(&id, &mut |_| {})? {
+                    report
+                        .repairs
+                        .push(format!("removed {removed} (its chain was incomplete)"));
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Deletes `id` and every descendant, children first; `on_delete` sees each id just
+    /// before it goes. Items leased by a running build are skipped (with their ancestors).
+    pub fn delete_tree(&self, id: &str, on_delete: &mut dyn FnMut(&str)) -> Result<Vec<String>, BuildError> {
+        let mut removed = Vec::new();
+        self.delete_tree_inner(id, on_delete, &mut removed)?;
+        Ok(removed)
+    }
+
+    fn delete_tree_inner(
+        &self,
+        id: &str,
+        on_delete: &mut dyn FnMut(&str),
+        removed: &mut Vec<String>,
+    ) -> Result<bool, BuildError> {
+        let mut all_children_gone = true;
+        for child in self.db().children(id)? {
+            all_children_gone &= self.delete_tree_inner(&child, on_delete, removed)?;
+        }
+        if !all_children_gone {
+            return Ok(false);
+        }
+        let Ok(step) = id.parse::<StepId>() else {
+            self.db().delete(id)?;
+            removed.push(id.to_owned());
+            return Ok(true);
+        };
+        let Some(lease) = self.leases().try_exclusive(&step)? else {
+            return Ok(false);
+        };
+        on_delete(id);
+        if self.store().result(&step)?.is_some() {
+            self.store().delete(&step)?;
+        }
+        self.db().delete(id)?;
+        lease.removed();
+        removed.push(id.to_owned());
+        Ok(true)
+    }
+}

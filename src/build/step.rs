@@ -1,0 +1,347 @@
+//! The ops of one spec, in order: the build context they update and the steps they make.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use strata_sandbox::{BindMount, Network, Outcome, RunConfig, SecretMount};
+use strata_stores::StepId;
+
+use super::copy;
+use super::error::BuildError;
+use super::stage::{BuildRun, Scope, StepEnv, WorkOutput};
+use super::IMAGE_CONFIG;
+use crate::fetch::ImageConfig;
+use crate::key;
+use crate::spec::{self, CopyFrom, Op, Spec, User};
+
+/// The build context: what `workdir`, `user`, `env` and `shell` set for later steps.
+#[derive(Debug, Clone)]
+struct Context {
+    workdir: String,
+    user: User,
+    env: Vec<(String, String)>,
+    shell: Vec<String>,
+    parent: StepId,
+}
+
+/// OBuilder's `Filename.concat`: a relative path is joined verbatim (no normalisation).
+pub fn join_workdir(current: &str, path: &str) -> String {
+    if path.starts_with('/') {
+        path.to_owned()
+    } else if current.ends_with('/') {
+        format!("{current}{path}")
+    } else {
+        format!("{current}/{path}")
+    }
+}
+
+/// `(env K V)`: drop the first existing binding of K, put the new one first.
+fn set_env(env: &mut Vec<(String, String)>, name: &str, value: &str) {
+    if let Some(i) = env.iter().position(|(k, _)| k == name) {
+        env.remove(i);
+    }
+    env.insert(0, (name.to_owned(), value.to_owned()));
+}
+
+/// Fails before anything runs when the spec needs a secret the invocation lacks.
+pub fn check_secrets(spec: &Spec, secrets: &HashMap<String, Vec<u8>>) -> Result<(), BuildError> {
+    for stage in &spec.stages {
+        check_secrets(&stage.spec, secrets)?;
+    }
+    for item in &spec.ops {
+        if let Op::Run(run) = &item.op {
+            for s in &run.secrets {
+                if !secrets.contains_key(&s.id) {
+                    return Err(BuildError::Usage(format!(
+                        "couldn't find value for requested secret '{}' (pass --secret {}:FILE)",
+                        s.id, s.id
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn unix_user(user: &User) -> Result<(u32, u32), BuildError> {
+    match user {
+        User::Unix { uid, gid } => Ok((*uid, *gid)),
+        User::Name(name) => Err(BuildError::Usage(format!(
+            "(user (name {name})) is for Windows and FreeBSD; on Linux use (user (uid N) (gid M))"
+        ))),
+    }
+}
+
+fn quoted_argv(argv: &[String]) -> String {
+    argv.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(" ")
+}
+
+pub(crate) fn build_ops(
+    run: &BuildRun<'_>,
+    spec: &Spec,
+    stage: &[String],
+    scope: &Scope,
+) -> Result<StepId, BuildError> {
+    let scheme = run.shared.scheme;
+    let base_text = format!("(from {})", spec::sexp::Sexp::atom(spec.from.clone()).to_machine());
+    run.heading(stage, &base_text);
+    let base = key::base_id(scheme, &spec.from);
+    let image = spec.from.clone();
+    let work = Box::new(move |env: &StepEnv<'_>| fetch_base(env, &image));
+    let base = run.get_step(stage, base, None, base_text, work)?;
+    let image_config = read_image_config(run, &base)?;
+    let mut ctx = Context {
+        workdir: "/".to_owned(),
+        user: User::ROOT,
+        env: image_config.env,
+        shell: scheme.default_shell(),
+        parent: base,
+    };
+    for item in &spec.ops {
+        if run.cancel.is_cancelled() {
+            return Err(BuildError::Cancelled);
+        }
+        let op_text = spec::print::op_to_sexp(&item.op).to_machine();
+        run.heading(stage, &format!("{}: {op_text}", ctx.workdir));
+        match &item.op {
+            Op::Comment(_) => {}
+            Op::Workdir(path) => ctx.workdir = join_workdir(&ctx.workdir, path),
+            Op::Shell(shell) => ctx.shell = shell.clone(),
+            Op::User(user) => ctx.user = user.clone(),
+            Op::Env(name, value) => set_env(&mut ctx.env, name, value),
+            Op::Run(r) => ctx.parent = run_step(run, stage, &ctx, r, op_text)?,
+            Op::Copy(c) => ctx.parent = copy_step(run, stage, &ctx, c, scope, op_text)?,
+        }
+    }
+    Ok(ctx.parent)
+}
+
+fn read_image_config(run: &BuildRun<'_>, base: &StepId) -> Result<ImageConfig, BuildError> {
+    let Some(item) = run.shared.store.result(base)? else {
+        return Err(BuildError::Store(strata_stores::StoreError::NotFound(base.to_string())));
+    };
+    let path = item.join(IMAGE_CONFIG);
+    let bytes = std::fs::read(&path).map_err(|e| BuildError::io(format!("reading {}", path.display()), e))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| BuildError::io(format!("parsing {}", path.display()), std::io::Error::other(e)))
+}
+
+fn fetch_base(env: &StepEnv<'_>, image: &str) -> Result<WorkOutput, BuildError> {
+    let rootfs = env.item.join("rootfs");
+    std::fs::create_dir_all(&rootfs).map_err(|e| BuildError::io(format!("creating {}", rootfs.display()), e))?;
+    let config = env.shared.fetcher.fetch(image, &rootfs, &*env.log, env.cancel)?;
+    let path = env.item.join(IMAGE_CONFIG);
+    let json = serde_json::to_vec_pretty(&config).unwrap_or_default();
+    std::fs::write(&path, json).map_err(|e| BuildError::io(format!("writing {}", path.display()), e))?;
+    Ok(WorkOutput {
+        base_digest: config.digest,
+    })
+}
+
+fn run_step(
+    run: &BuildRun<'_>,
+    stage: &[String],
+    ctx: &Context,
+    r: &spec::Run,
+    op_text: String,
+) -> Result<StepId, BuildError> {
+    let (uid, gid) = unix_user(&ctx.user)?;
+    let network = match r.network.as_slice() {
+        [] => Network::None,
+        [one] if one == "host" => Network::Host,
+        other => {
+            return Err(BuildError::Usage(format!(
+                "unsupported network {other:?}: only (network host) or none"
+            )))
+        }
+    };
+    let mut secrets = Vec::new();
+    for s in &r.secrets {
+        let value = run
+            .options
+            .secrets
+            .get(&s.id)
+            .cloned()
+            .ok_or_else(|| BuildError::Usage(format!("couldn't find value for requested secret '{}'", s.id)))?;
+        secrets.push(SecretMount {
+            id: s.id.clone(),
+            value,
+            target: s.target.clone(),
+        });
+    }
+    let id = key::run_id(
+        run.shared.scheme,
+        &key::RunKey {
+            parent: &ctx.parent,
+            workdir: &ctx.workdir,
+            user: &ctx.user,
+            env: &ctx.env,
+            cmd: &r.shell,
+            shell: &ctx.shell,
+            network: &r.network,
+            secrets: &secrets
+                .iter()
+                .map(|s| key::SecretKey {
+                    id: &s.id,
+                    target: &s.target,
+                    value: &s.value,
+                })
+                .collect::<Vec<_>>(),
+        },
+    );
+    let mut argv = ctx.shell.clone();
+    argv.push(r.shell.clone());
+    let mut config = RunConfig::new(argv);
+    config.cwd = ctx.workdir.clone();
+    config.env = ctx.env.clone();
+    config.uid = uid;
+    config.gid = gid;
+    config.network = network;
+    config.secrets = secrets;
+    config.mounts = run.options.extra_mounts.clone();
+    config.limits = run.options.limits;
+    config.timeout = run.options.step_timeout;
+    if let Some(limit) = run.options.log_limit {
+        config.log_limit = limit;
+    }
+    config.fast_sync = run.options.fast_sync;
+    let caches: Vec<(String, String)> = r.cache.iter().map(|c| (c.id.clone(), c.target.clone())).collect();
+    let step_name = op_text.clone();
+    let work = Box::new(move |env: &StepEnv<'_>| run_in_sandbox(env, config, &caches, &step_name));
+    run.get_step(stage, id, Some(ctx.parent.clone()), op_text, work)
+}
+
+fn run_in_sandbox(
+    env: &StepEnv<'_>,
+    mut config: RunConfig,
+    caches: &[(String, String)],
+    step_name: &str,
+) -> Result<WorkOutput, BuildError> {
+    let store = &*env.shared.store;
+    let mut leases = Vec::new();
+    for (name, target) in caches {
+        let lease = store.cache(name, config.uid, config.gid)?;
+        config.mounts.push(BindMount {
+            source: lease.path().to_owned(),
+            target: target.clone(),
+            readonly: false,
+        });
+        leases.push(lease);
+        env.shared.db().touch_cache(name)?;
+    }
+    let outcome = env
+        .shared
+        .sandbox
+        .run(&config, &env.item.join("rootfs"), &*env.log, env.cancel);
+    // Caches are released whatever happened (OBuilder: failed steps still update caches),
+    // last acquired first.
+    let mut release_error = None;
+    while let Some(lease) = leases.pop() {
+        if let Err(e) = lease.release() {
+            release_error.get_or_insert(e);
+        }
+    }
+    let outcome = outcome?;
+    if let Some(e) = release_error {
+        return Err(e.into());
+    }
+    let argv = quoted_argv(&config.argv);
+    let reason = match outcome {
+        Outcome::Exited(0) => return Ok(WorkOutput::default()),
+        Outcome::Cancelled => return Err(BuildError::Cancelled),
+        Outcome::Exited(code) => format!("{argv} failed with exit status {code}"),
+        Outcome::Signaled(signal) => format!("{argv} failed with signal {signal}"),
+        Outcome::TimedOut => format!(
+            "{argv} timed out after {}s",
+            config.timeout.map(|t| t.as_secs_f64()).unwrap_or_default()
+        ),
+        Outcome::LogLimitExceeded => format!("{argv} was killed: its output passed {} bytes", config.log_limit),
+    };
+    Err(BuildError::StepFailed {
+        step: step_name.to_owned(),
+        reason,
+        tail: env.log.last_lines(10),
+    })
+}
+
+/// Where a copy reads from: the context directory, or a stage's result.
+enum Source {
+    Context(PathBuf),
+    Stage(StepId),
+}
+
+fn copy_step(
+    run: &BuildRun<'_>,
+    stage: &[String],
+    ctx: &Context,
+    c: &spec::Copy,
+    scope: &Scope,
+    op_text: String,
+) -> Result<StepId, BuildError> {
+    let (uid, gid) = unix_user(&ctx.user)?;
+    let source = match &c.from {
+        CopyFrom::Context => Source::Context(run.options.context.clone()),
+        CopyFrom::Build(name) => {
+            let slot = scope
+                .get(name)
+                .ok_or_else(|| BuildError::Usage(format!("unknown build {name:?}")))?;
+            let id = slot.wait().map_err(|e| BuildError::Shared {
+                kind: super::ErrorKind::StepFailed,
+                message: e,
+            })?;
+            Source::Stage(id)
+        }
+    };
+    let failed = |reason: String| BuildError::CopyFailed {
+        step: op_text.clone(),
+        reason,
+    };
+    let plan = match &source {
+        Source::Context(dir) => copy::plan_copy(dir, c, &ctx.workdir).map_err(|e| failed(e.to_string()))?,
+        Source::Stage(id) => {
+            let view = run.shared.store.rootfs(id)?;
+            copy::plan_copy(view.path(), c, &ctx.workdir).map_err(|e| failed(e.to_string()))?
+        }
+    };
+    let id = key::copy_id(run.shared.scheme, &ctx.parent, &ctx.user, &plan);
+    let step_name = op_text.clone();
+    let plan = Arc::new(plan);
+    let work = Box::new(move |env: &StepEnv<'_>| {
+        let failed = |reason: String| BuildError::CopyFailed {
+            step: step_name.clone(),
+            reason,
+        };
+        let rootfs = env.item.join("rootfs");
+        match &source {
+            Source::Context(dir) => copy::execute_copy(&plan, dir, &rootfs, uid, gid),
+            Source::Stage(id) => {
+                let view = env.shared.store.rootfs(id)?;
+                copy::execute_copy(&plan, view.path(), &rootfs, uid, gid)
+            }
+        }
+        .map_err(|e| failed(e.to_string()))?;
+        Ok(WorkOutput::default())
+    });
+    run.get_step(stage, id, Some(ctx.parent.clone()), op_text, work)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workdir_joins_like_obuilder() {
+        assert_eq!(join_workdir("/", "src"), "/src");
+        assert_eq!(join_workdir("/src", "a/../b"), "/src/a/../b");
+        assert_eq!(join_workdir("/src/", "x"), "/src/x");
+        assert_eq!(join_workdir("/src", "/abs"), "/abs");
+    }
+
+    #[test]
+    fn env_prepends_and_replaces_first() {
+        let mut env = vec![("A".into(), "1".into()), ("B".into(), "2".into())];
+        set_env(&mut env, "B", "3");
+        assert_eq!(env, vec![("B".into(), "3".into()), ("A".into(), "1".into())]);
+    }
+}

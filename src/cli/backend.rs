@@ -1,0 +1,167 @@
+//! Opening what commands work on: the store (from `--store`, `STRATA_STORE` or the
+//! default), the sandbox, the fetcher and the builder over them.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Args;
+
+use super::{CliError, GlobalArgs};
+use crate::build::Builder;
+use crate::fetch::{FetchOptions, ImageFetcher};
+use crate::key::IdScheme;
+use strata_sandbox::runtime::{OciSandbox, SandboxOptions};
+use strata_stores::{RsyncMode, Store, StoreSpec};
+
+/// Flags shared by the commands that build (`build`, `healthcheck`).
+#[derive(Debug, Clone, Args)]
+pub struct BackendArgs {
+    /// OCI runtime: runc, crun or a path to one
+    #[arg(long, default_value = "runc", value_name = "RUNTIME")]
+    pub runtime: String,
+    /// Redirect a registry: REGISTRY=URL (repeatable; also STRATA_REGISTRY_MIRROR, comma-separated)
+    #[arg(long = "registry-mirror", value_name = "REGISTRY=URL")]
+    pub registry_mirror: Vec<String>,
+    /// Allow plain HTTP to this registry host (loopback registries always may)
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    pub insecure_registry: Vec<String>,
+}
+
+/// Flags for the store itself.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Id scheme for a new store: v1 (default) or obuilder; must match an existing store's
+    #[arg(long = "id-scheme", value_name = "SCHEME")]
+    pub id_scheme: Option<IdScheme>,
+    /// Accepted for OBuilder compatibility with rsync: stores (strata always copies)
+    #[arg(long = "rsync-mode", value_enum, value_name = "MODE")]
+    pub rsync_mode: Option<RsyncModeArg>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RsyncModeArg {
+    Copy,
+    Hardlink,
+    HardlinkUnsafe,
+}
+
+const DEFAULT_ROOT: &str = "/var/lib/strata";
+
+/// Whether `path` (or its nearest existing ancestor) is on btrfs.
+fn on_btrfs(path: &Path) -> bool {
+    const BTRFS_SUPER_MAGIC: i64 = 0x9123683e;
+    let mut p = Some(path);
+    while let Some(dir) = p {
+        if let Ok(st) = nix::sys::statfs::statfs(dir) {
+            return st.filesystem_type().0 as i64 == BTRFS_SUPER_MAGIC;
+        }
+        p = dir.parent();
+    }
+    false
+}
+
+/// The store spec: `--store`, else `STRATA_STORE` (clap reads both), else
+/// `btrfs:/var/lib/strata` on btrfs and `overlayfs:/var/lib/strata` elsewhere.
+pub fn store_spec(global: &GlobalArgs, store: &StoreArgs) -> Result<StoreSpec, CliError> {
+    let text = match &global.store {
+        Some(s) => s.clone(),
+        None if on_btrfs(Path::new(DEFAULT_ROOT)) => format!("btrfs:{DEFAULT_ROOT}"),
+        None => format!("overlayfs:{DEFAULT_ROOT}"),
+    };
+    let spec: StoreSpec = text.parse().map_err(CliError::environment)?;
+    let mode = match store.rsync_mode {
+        None | Some(RsyncModeArg::Copy) => RsyncMode::Copy,
+        Some(_) => RsyncMode::Hardlink,
+    };
+    if store.rsync_mode.is_some() && !matches!(spec, StoreSpec::Rsync { .. }) {
+        return Err(CliError::usage(anyhow::anyhow!(
+            "--rsync-mode only applies to rsync: stores"
+        )));
+    }
+    Ok(spec.with_rsync_mode(mode))
+}
+
+pub fn open_store(global: &GlobalArgs, store: &StoreArgs) -> Result<Arc<dyn Store>, CliError> {
+    let spec = store_spec(global, store)?;
+    let opened = strata_stores::open(&spec)
+        .with_context(|| format!("opening store {spec}"))
+        .map_err(CliError::environment)?;
+    Ok(Arc::from(opened))
+}
+
+pub fn fetch_options(backend: &BackendArgs) -> Result<FetchOptions, CliError> {
+    let mut mirrors = backend.registry_mirror.clone();
+    if let Ok(env) = std::env::var("STRATA_REGISTRY_MIRROR") {
+        mirrors.extend(
+            env.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned),
+        );
+    }
+    FetchOptions::from_flags(&mirrors, &backend.insecure_registry).map_err(CliError::usage)
+}
+
+/// Opens store, sandbox, fetcher and builder; reconciles the store quietly.
+pub fn open_builder(global: &GlobalArgs, store_args: &StoreArgs, backend: &BackendArgs) -> Result<Builder, CliError> {
+    let store = open_store(global, store_args)?;
+    let state = store.state_dir();
+    let sandbox =
+        OciSandbox::new(SandboxOptions::new(&backend.runtime, state.join("sandbox"))).map_err(CliError::environment)?;
+    let owners = state.join("owners");
+    if let Err(e) =
+        sandbox.cleanup_orphans(&|tag| strata_stores::owner::ProcessOwner::is_alive(&owners, tag).unwrap_or(true))
+    {
+        tracing::warn!("cleaning up leftover containers: {e}");
+    }
+    let fetcher = ImageFetcher::new(fetch_options(backend)?);
+    let builder = Builder::new(store, Arc::new(sandbox), Arc::new(fetcher), store_args.id_scheme)
+        .map_err(|e| CliError::environment(anyhow::Error::new(e)))?;
+    reconcile_quietly(&builder);
+    Ok(builder)
+}
+
+/// Opens the builder for commands that never run steps (ls, prune, delete...).
+pub fn open_for_maintenance(global: &GlobalArgs, store_args: &StoreArgs) -> Result<Builder, CliError> {
+    open_builder(
+        global,
+        store_args,
+        &BackendArgs {
+            runtime: "runc".to_owned(),
+            registry_mirror: Vec::new(),
+            insecure_registry: Vec::new(),
+        },
+    )
+}
+
+fn reconcile_quietly(builder: &Builder) {
+    match builder.reconcile(true) {
+        Ok(report) => {
+            for line in &report.repairs {
+                tracing::info!("repaired: {line}");
+            }
+        }
+        Err(e) => tracing::warn!("reconciling the store: {e}"),
+    }
+}
+
+/// Reads `--secret ID:FILE` values.
+pub fn read_secrets(flags: &[String]) -> Result<std::collections::HashMap<String, Vec<u8>>, CliError> {
+    let mut secrets = std::collections::HashMap::new();
+    for flag in flags {
+        let Some((id, file)) = flag.split_once(':') else {
+            return Err(CliError::usage(anyhow::anyhow!("--secret {flag:?}: expected ID:FILE")));
+        };
+        if id.is_empty() || id.contains('/') {
+            return Err(CliError::usage(anyhow::anyhow!(
+                "--secret {flag:?}: invalid secret id {id:?}"
+            )));
+        }
+        let value = std::fs::read(PathBuf::from(file))
+            .with_context(|| format!("reading secret {id:?} from {file}"))
+            .map_err(CliError::usage)?;
+        secrets.insert(id.to_owned(), value);
+    }
+    Ok(secrets)
+}
