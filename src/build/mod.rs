@@ -5,13 +5,16 @@
 //! concurrent builds, cross-process leases, and logs.
 
 pub mod error;
+pub mod healthcheck;
 pub mod inflight;
 pub mod lease;
 pub mod log;
 pub mod progress;
+pub mod prune;
 pub mod reconcile;
 mod stage;
 mod step;
+pub mod unavailable;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -122,17 +122,19 @@ pub fn open_builder(global: &GlobalArgs, store_args: &StoreArgs, backend: &Backe
     Ok(builder)
 }
 
-/// Opens the builder for commands that never run steps (ls, prune, delete...).
+/// Opens the builder for commands that never run steps (ls, prune, delete...): no runtime
+/// or registry needed.
 pub fn open_for_maintenance(global: &GlobalArgs, store_args: &StoreArgs) -> Result<Builder, CliError> {
-    open_builder(
-        global,
-        store_args,
-        &BackendArgs {
-            runtime: "runc".to_owned(),
-            registry_mirror: Vec::new(),
-            insecure_registry: Vec::new(),
-        },
+    let store = open_store(global, store_args)?;
+    let builder = Builder::new(
+        store,
+        Arc::new(crate::build::unavailable::NoSandbox),
+        Arc::new(crate::build::unavailable::NoFetcher),
+        store_args.id_scheme,
     )
+    .map_err(|e| CliError::environment(anyhow::Error::new(e)))?;
+    reconcile_quietly(&builder);
+    Ok(builder)
 }
 
 fn reconcile_quietly(builder: &Builder) {

@@ -2,9 +2,16 @@
 
 pub mod backend;
 pub mod build;
+pub mod cache;
+pub mod clean;
+pub mod delete;
 pub mod exit;
+pub mod healthcheck;
+pub mod inspect;
 pub mod progress;
+pub mod prune;
 pub mod units;
+pub mod verify;
 
 use std::process::ExitCode;
 
@@ -53,6 +60,26 @@ pub enum Color {
 pub enum Command {
     /// Build a spec and print the id of its last step
     Build(build::BuildArgs),
+    /// Check that the store, the runtime and a base image work, timing each part
+    Healthcheck(healthcheck::HealthcheckArgs),
+    /// Delete least-recently-used items until a target is met (safe while builds run)
+    Prune(prune::PruneArgs),
+    /// Delete every item not in use by a running build
+    Clean(clean::CleanArgs),
+    /// Delete an item and all its descendants
+    Delete(delete::DeleteArgs),
+    /// List the items of a store
+    Ls(inspect::LsArgs),
+    /// Show an item's op and its base chain
+    Info(inspect::IdArgs),
+    /// Print an item's log
+    Log(inspect::IdArgs),
+    /// Items, caches, bytes and free space of a store
+    Du(inspect::DuArgs),
+    /// List or delete writable caches
+    Cache(cache::CacheArgs),
+    /// Check the database against the store; --repair fixes what it can
+    Verify(verify::VerifyArgs),
 }
 
 fn init_logging(global: &GlobalArgs) {
@@ -80,6 +107,16 @@ pub fn main() -> ExitCode {
     init_logging(&cli.global);
     let result: CliResult = match cli.command {
         Command::Build(args) => build::run(&cli.global, args),
+        Command::Healthcheck(args) => healthcheck::run(&cli.global, args),
+        Command::Prune(args) => prune::run(&cli.global, args),
+        Command::Clean(args) => clean::run(&cli.global, args),
+        Command::Delete(args) => delete::run(&cli.global, args),
+        Command::Ls(args) => inspect::ls(&cli.global, args),
+        Command::Info(args) => inspect::info(&cli.global, args),
+        Command::Log(args) => inspect::log(&cli.global, args),
+        Command::Du(args) => inspect::du(&cli.global, args),
+        Command::Cache(args) => cache::run(&cli.global, args),
+        Command::Verify(args) => verify::run(&cli.global, args),
     };
     exit::report(result)
 }

@@ -1,0 +1,254 @@
+//! Prune: delete least-recently-used leaves until a target is met.
+//!
+//! Leaves only (a parent becomes a candidate once its children are gone); each candidate is
+//! re-read just before deletion (its `used` may have moved: obuilder#157) and taken with the
+//! exclusive lease, so an item any running build (in any process) uses or is about to clone
+//! is skipped (ocaml-ci#873). Deletes do not wait for the filesystem's cleaner; the free
+//! space target is judged on `statvfs` plus the recorded sizes freed so far, whichever
+//! says more, so a slow btrfs cleaner cannot make prune delete more than needed.
+//!
+//! Two prunes at once: each skips what the other holds (the exclusive lease), so they
+//! never delete the same item twice and never fight; both stop when the target is met.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use strata_stores::StepId;
+
+use super::{BuildError, Builder};
+use crate::db::BuildRow;
+
+/// When prune may stop early.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum KeepFree {
+    Percent(f64),
+    Bytes(u64),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PruneOptions {
+    /// Only items last used before this time (ms since the epoch).
+    pub before_ms: i64,
+    /// At most this many items.
+    pub limit: Option<usize>,
+    /// Stop once this much is free.
+    pub keep_free: Option<KeepFree>,
+    /// Stop once the items use at most this many bytes (by recorded sizes).
+    pub max_used: Option<u64>,
+    /// Say what would go; change nothing.
+    pub dry_run: bool,
+    /// Also delete caches not in use.
+    pub caches: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Removed {
+    pub id: String,
+    pub size: u64,
+    pub used: i64,
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct PruneReport {
+    pub removed: Vec<Removed>,
+    pub bytes_freed: u64,
+    /// Candidates skipped because a build holds them.
+    pub skipped_in_use: usize,
+    pub caches_removed: Vec<String>,
+    pub seconds: f64,
+    pub dry_run: bool,
+    /// Why prune stopped.
+    pub stopped: String,
+}
+
+const BATCH: usize = 64;
+
+impl Builder {
+    fn target_met(
+        &self,
+        options: &PruneOptions,
+        start_free: u64,
+        freed: u64,
+        used_total: u64,
+    ) -> Result<Option<String>, BuildError> {
+        if let Some(max) = options.max_used {
+            if used_total <= max {
+                return Ok(Some(format!("items use {used_total} bytes, at most {max}")));
+            }
+        }
+        if let Some(keep) = options.keep_free {
+            let usage = self.store().disk_usage()?;
+            let free = usage
+                .free_bytes
+                .max(start_free.saturating_add(freed))
+                .min(usage.total_bytes);
+            let met = match keep {
+                KeepFree::Percent(p) => usage.total_bytes > 0 && 100.0 * free as f64 / usage.total_bytes as f64 >= p,
+                KeepFree::Bytes(b) => free >= b,
+            };
+            if met {
+                return Ok(Some(format!("{free} bytes free")));
+            }
+        }
+        Ok(None)
+    }
+
+    pub fn prune(
+        &self,
+        options: &PruneOptions,
+        on_remove: &mut dyn FnMut(&Removed),
+    ) -> Result<PruneReport, BuildError> {
+        let started = Instant::now();
+        let mut report = PruneReport {
+            dry_run: options.dry_run,
+            ..PruneReport::default()
+        };
+        let start_free = self.store().disk_usage()?.free_bytes;
+        let mut used_total: u64 = self.db().list()?.iter().map(|r| r.size).sum();
+        let limit = options.limit.unwrap_or(usize::MAX);
+        let no_target = options.keep_free.is_none() && options.max_used.is_none();
+        if options.dry_run {
+            self.plan_prune(options, limit, start_free, &mut used_total, &mut report, on_remove)?;
+        } else {
+            let mut skipped: HashSet<String> = HashSet::new();
+            'outer: loop {
+                if !no_target {
+                    if let Some(why) = self.target_met(options, start_free, report.bytes_freed, used_total)? {
+                        report.stopped = format!("target met: {why}");
+                        break;
+                    }
+                }
+                if report.removed.len() >= limit {
+                    report.stopped = format!("limit of {limit} reached");
+                    break;
+                }
+                let candidates: Vec<BuildRow> = self
+                    .db()
+                    .lru_leaves(options.before_ms, BATCH + skipped.len())?
+                    .into_iter()
+                    .filter(|r| !skipped.contains(&r.id))
+                    .collect();
+                if candidates.is_empty() {
+                    report.stopped = "no more candidates".to_owned();
+                    break;
+                }
+                for candidate in candidates {
+                    let Ok(id) = candidate.id.parse::<StepId>() else {
+                        self.db().delete(&candidate.id)?;
+                        continue;
+                    };
+                    let Some(lease) = self.leases().try_exclusive(&id)? else {
+                        skipped.insert(candidate.id.clone());
+                        report.skipped_in_use += 1;
+                        continue;
+                    };
+                    // Re-check under the lease: still recorded, still a leaf, still old.
+                    let fresh = self.db().get(id.as_str())?;
+                    let Some(fresh) = fresh else { continue };
+                    if fresh.children > 0 || fresh.used >= options.before_ms {
+                        continue;
+                    }
+                    if self.store().result(&id)?.is_some() {
+                        self.store().delete(&id)?;
+                    }
+                    self.db().delete(id.as_str())?;
+                    lease.removed();
+                    let removed = Removed {
+                        id: fresh.id,
+                        size: fresh.size,
+                        used: fresh.used,
+                    };
+                    report.bytes_freed += removed.size;
+                    used_total = used_total.saturating_sub(removed.size);
+                    on_remove(&removed);
+                    report.removed.push(removed);
+                    // Parents may have become leaves, and the target may be met: re-query.
+                    continue 'outer;
+                }
+                // Every candidate of this batch was skipped: ask for the next ones.
+            }
+            if !report.removed.is_empty() {
+                self.store().complete_deletes()?;
+            }
+            if options.caches {
+                self.prune_caches(&mut report)?;
+            }
+        }
+        report.seconds = started.elapsed().as_secs_f64();
+        Ok(report)
+    }
+
+    fn prune_caches(&self, report: &mut PruneReport) -> Result<(), BuildError> {
+        for name in self.store().list_caches()? {
+            match self.store().delete_cache(&name) {
+                Ok(()) => {
+                    self.db().delete_cache(&name)?;
+                    report.caches_removed.push(name);
+                }
+                Err(strata_stores::StoreError::Busy(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// `--dry-run`: the same order, computed in memory.
+    fn plan_prune(
+        &self,
+        options: &PruneOptions,
+        limit: usize,
+        start_free: u64,
+        used_total: &mut u64,
+        report: &mut PruneReport,
+        on_remove: &mut dyn FnMut(&Removed),
+    ) -> Result<(), BuildError> {
+        let rows = self.db().list()?;
+        let mut children: HashMap<String, usize> = HashMap::new();
+        for r in &rows {
+            if let Some(p) = &r.parent {
+                *children.entry(p.clone()).or_default() += 1;
+            }
+        }
+        let mut gone: HashSet<String> = HashSet::new();
+        loop {
+            if options.keep_free.is_some() || options.max_used.is_some() {
+                if let Some(why) = self.target_met(options, start_free, report.bytes_freed, *used_total)? {
+                    report.stopped = format!("target met: {why}");
+                    return Ok(());
+                }
+            }
+            if report.removed.len() >= limit {
+                report.stopped = format!("limit of {limit} reached");
+                return Ok(());
+            }
+            // `rows` is ordered by `used`: the first eligible leaf is the oldest.
+            let next = rows.iter().find(|r| {
+                !gone.contains(&r.id) && r.used < options.before_ms && children.get(&r.id).copied().unwrap_or(0) == 0
+            });
+            let Some(row) = next else {
+                report.stopped = "no more candidates".to_owned();
+                return Ok(());
+            };
+            gone.insert(row.id.clone());
+            if let Some(p) = &row.parent {
+                if let Some(n) = children.get_mut(p) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            let removed = Removed {
+                id: row.id.clone(),
+                size: row.size,
+                used: row.used,
+            };
+            report.bytes_freed += removed.size;
+            *used_total = used_total.saturating_sub(removed.size);
+            on_remove(&removed);
+            report.removed.push(removed);
+        }
+    }
+}
+
+/// `--older-than D` as a cutoff in ms since the epoch.
+pub fn cutoff_older_than(age: Duration) -> i64 {
+    crate::db::now_ms() - age.as_millis() as i64
+}
