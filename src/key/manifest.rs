@@ -196,7 +196,7 @@ fn scan(host: &Path, path: String, exclude: &[String]) -> Result<Manifest, Manif
             let name = entry.file_name().into_string().map_err(|n| ManifestError::NotUtf8 {
                 path: host.join(n).display().to_string(),
             })?;
-            if !exclude.iter().any(|e| *e == name) {
+            if !exclude.contains(&name) {
                 names.push(name);
             }
         }
