@@ -32,7 +32,12 @@ fn examples_build_and_cache(backend: Backend) {
         assert!(log.contains("---> saved as") || log.contains("from cache"), "{log}");
         let (second, log2) = env.build_ok(&spec, &context, &["--secret", &secret_flag]);
         assert_eq!(first, second, "{}: rebuild changed the id", spec.display());
-        assert_eq!(count(&log2, "---> saved as"), 0, "{}: rebuild was not fully cached:\n{log2}", spec.display());
+        assert_eq!(
+            count(&log2, "---> saved as"),
+            0,
+            "{}: rebuild was not fully cached:\n{log2}",
+            spec.display()
+        );
     }
     env.verify_clean();
 }
@@ -87,7 +92,11 @@ fn context_changes(backend: Backend) {
     let out = env.build(&spec, &ctx, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let log = stderr(&out);
-    assert_eq!(count(&log, "from cache"), 1, "the copy must not be cached after chmod:\n{log}");
+    assert_eq!(
+        count(&log, "from cache"),
+        1,
+        "the copy must not be cached after chmod:\n{log}"
+    );
     env.verify_clean();
 }
 
@@ -162,7 +171,10 @@ fn features(backend: Backend) {
     assert!(stderr(&out).contains("token"), "{}", stderr(&out));
 
     let before = env.strata(&["ls", "--json"]);
-    let failing = env.spec("fail.spec", r#"((from busybox) (run (shell "echo about-to-fail; exit 3")))"#);
+    let failing = env.spec(
+        "fail.spec",
+        r#"((from busybox) (run (shell "echo about-to-fail; exit 3")))"#,
+    );
     let out = env.build(&failing, &ctx, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("about-to-fail"), "{}", stderr(&out));
@@ -201,7 +213,10 @@ fn obuilder_scheme_reproduces_obuilder_ids() {
     let base = env.spec("base.spec", "((from busybox))");
     let (id, _) = env.build_ok(&base, &ctx, &[]);
     assert_eq!(id, "9d75f0d7c398df565d7ac04c6819b62d6d8f9560f5eb4672596ecd8f7e96ae91");
-    let run = env.spec("run.spec", r#"((from busybox) (shell /bin/sh -c) (run (shell "echo healthcheck")))"#);
+    let run = env.spec(
+        "run.spec",
+        r#"((from busybox) (shell /bin/sh -c) (run (shell "echo healthcheck")))"#,
+    );
     let (id, _) = env.build_ok(&run, &ctx, &[]);
     assert_eq!(id, "849be1f0bfad511b4bb7fa02312079870a5dda1d6b57b57c90913b9482305987");
     // The scheme is fixed at creation.
@@ -222,5 +237,7 @@ fn final_id_only_on_stdout_and_json_progress() {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
         .collect();
     assert!(events.iter().any(|e| e["event"] == "step" && e["id"] == id.as_str()));
-    assert!(events.iter().any(|e| e["event"] == "output" && e["text"].as_str().unwrap_or("").contains("hello-json")));
+    assert!(events
+        .iter()
+        .any(|e| e["event"] == "output" && e["text"].as_str().unwrap_or("").contains("hello-json")));
 }

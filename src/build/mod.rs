@@ -4,6 +4,7 @@
 //! objects and owns what is shared: the database, the id scheme, in-process dedupe of
 //! concurrent builds, cross-process leases, and logs.
 
+pub mod copy;
 pub mod error;
 pub mod healthcheck;
 pub mod inflight;

@@ -25,17 +25,6 @@ struct Context {
     parent: StepId,
 }
 
-/// OBuilder's `Filename.concat`: a relative path is joined verbatim (no normalisation).
-pub fn join_workdir(current: &str, path: &str) -> String {
-    if path.starts_with('/') {
-        path.to_owned()
-    } else if current.ends_with('/') {
-        format!("{current}{path}")
-    } else {
-        format!("{current}/{path}")
-    }
-}
-
 /// `(env K V)`: drop the first existing binding of K, put the new one first.
 fn set_env(env: &mut Vec<(String, String)>, name: &str, value: &str) {
     if let Some(i) = env.iter().position(|(k, _)| k == name) {
@@ -106,7 +95,7 @@ pub(crate) fn build_ops(
         run.heading(stage, &format!("{}: {op_text}", ctx.workdir));
         match &item.op {
             Op::Comment(_) => {}
-            Op::Workdir(path) => ctx.workdir = join_workdir(&ctx.workdir, path),
+            Op::Workdir(path) => ctx.workdir = copy::join_workdir(&ctx.workdir, path),
             Op::Shell(shell) => ctx.shell = shell.clone(),
             Op::User(user) => ctx.user = user.clone(),
             Op::Env(name, value) => set_env(&mut ctx.env, name, value),
@@ -304,7 +293,7 @@ fn copy_step(
             copy::plan_copy(view.path(), c, &ctx.workdir).map_err(|e| failed(e.to_string()))?
         }
     };
-    let id = key::copy_id(run.shared.scheme, &ctx.parent, &ctx.user, &plan);
+    let id = key::copy_id(run.shared.scheme, &ctx.parent, &ctx.user, &plan.op);
     let step_name = op_text.clone();
     let plan = Arc::new(plan);
     let work = Box::new(move |env: &StepEnv<'_>| {
@@ -329,14 +318,6 @@ fn copy_step(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn workdir_joins_like_obuilder() {
-        assert_eq!(join_workdir("/", "src"), "/src");
-        assert_eq!(join_workdir("/src", "a/../b"), "/src/a/../b");
-        assert_eq!(join_workdir("/src/", "x"), "/src/x");
-        assert_eq!(join_workdir("/src", "/abs"), "/abs");
-    }
 
     #[test]
     fn env_prepends_and_replaces_first() {

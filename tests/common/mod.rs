@@ -32,9 +32,15 @@ impl Env {
     }
 
     pub fn with_scheme(backend: Backend, scheme: Option<&str>) -> Env {
-        assert!(strata_testkit::is_root(), "end-to-end tests need root (real mounts, runc)");
+        assert!(
+            strata_testkit::is_root(),
+            "end-to-end tests need root (real mounts, runc)"
+        );
         let registry = ScriptFixture::create("registry", &[]).expect("registry fixture");
-        let work = tempfile::Builder::new().prefix("strata-e2e-").tempdir().expect("temp dir");
+        let work = tempfile::Builder::new()
+            .prefix("strata-e2e-")
+            .tempdir()
+            .expect("temp dir");
         let (store, fixture) = match backend {
             Backend::Btrfs => {
                 let f = ScriptFixture::create("btrfs-loop", &[]).expect("btrfs fixture");

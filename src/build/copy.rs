@@ -1,0 +1,465 @@
+//! Context copies: `(copy (src …) (dst …))` performed on the host into a step's new rootfs.
+//!
+//! strata copies by itself (no `tar` inside the image). [`plan_copy`] computes the manifests the
+//! step id is made of; [`execute_copy`] writes exactly that tree:
+//! - file content is read once and hashed while it is written; a file whose hash no longer
+//!   matches the manifest (the context changed during the build) fails the copy, so a step's id
+//!   always describes its content; symlink targets and modes are taken from the manifest;
+//! - missing parent directories of the destination are created 0755 owned by `uid:gid`; existing
+//!   directories (parents, or directories merged into) are never changed;
+//! - new files, directories and symlinks get the manifest's permission bits and `uid:gid`;
+//!   an existing non-directory in the way is replaced (unlinked first, never written through);
+//!   a source symlink is copied as a symlink and its target is never read.
+//!
+//! Security: the rootfs is untrusted (an earlier step may have made `/usr` a symlink to `/` or
+//! to a host path). Every path inside it is resolved with `openat2(RESOLVE_IN_ROOT)` from a
+//! descriptor of the rootfs, so symlinks are followed as they would be inside the container and
+//! can never lead out of it; entries are then created with `*at()` calls relative to a resolved
+//! directory descriptor, with `O_NOFOLLOW`/`O_EXCL` on the final component. Sources are opened
+//! with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` below the source directory.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{fchmod, fstat, mkdirat, Mode, SFlag};
+use nix::unistd::{fchown, fchownat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+use crate::key::manifest::{compute_manifest, sha256_hex, CopyOp, Manifest, ManifestError};
+use crate::spec::ast;
+
+/// Files are copied through a buffer of this size (each byte read once, hashed, written).
+const COPY_CHUNK: usize = 256 * 1024;
+
+/// A copy ready to execute: the operation (manifests and destination) its step id hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyPlan {
+    pub op: CopyOp,
+}
+
+/// What a copy wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CopyStats {
+    pub files: u64,
+    /// Bytes of file content written (= read and hashed).
+    pub bytes: u64,
+    /// Directories created (destination parents included; merged ones not).
+    pub dirs: u64,
+    pub symlinks: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("invalid copy destination {dst:?}")]
+    InvalidDestination { dst: String },
+    #[error("copy destination {path:?} exists and is not a directory")]
+    NotADirectory { path: String },
+    #[error("copy destination {path:?} is a directory and cannot be replaced")]
+    IsADirectory { path: String },
+    #[error(
+        "source {path:?} changed during the build (it no longer matches the manifest taken when planning the copy)"
+    )]
+    SourceChanged { path: String },
+    #[error("openat2 is not available (linux >= 5.6 is needed to copy safely into a rootfs)")]
+    Openat2Unsupported,
+    #[error("{action} {path:?}: {source}")]
+    Io {
+        action: &'static str,
+        path: String,
+        source: io::Error,
+    },
+}
+
+fn io_err<'p>(action: &'static str, path: &'p str) -> impl FnOnce(Errno) -> CopyError + 'p {
+    move |errno| match errno {
+        Errno::ENOSYS => CopyError::Openat2Unsupported,
+        _ => CopyError::Io {
+            action,
+            path: path.to_owned(),
+            source: errno.into(),
+        },
+    }
+}
+
+/// A path inside the rootfs as the user sees it (`""` is the root).
+fn shown(path: &str) -> String {
+    format!("/{path}")
+}
+
+/// Joins a relative `dst` onto the workdir as OCaml's `Filename.concat` does (no normalisation):
+/// ids hash this string, so it must stay exactly as OBuilder builds it.
+pub fn join_workdir(workdir: &str, dst: &str) -> String {
+    if dst.starts_with('/') {
+        dst.to_owned()
+    } else if workdir.is_empty() || workdir.ends_with('/') {
+        format!("{workdir}{dst}")
+    } else {
+        format!("{workdir}/{dst}")
+    }
+}
+
+/// Computes the manifests of a copy's sources below `source_root` (the build context, or the
+/// rootfs of a stage for `(from (build NAME))`) and chooses `Copy_items` / `Copy_item`.
+pub fn plan_copy(source_root: &Path, copy: &ast::Copy, workdir: &str) -> Result<CopyPlan, CopyError> {
+    if copy.src.is_empty() {
+        return Err(ManifestError::NoSources.into());
+    }
+    let dst = join_workdir(workdir, &copy.dst);
+    if copy.src.len() > 1 && !dst.ends_with('/') {
+        return Err(ManifestError::MultipleSourcesNeedDirectory { dst }.into());
+    }
+    let items = copy
+        .src
+        .par_iter()
+        .map(|src| compute_manifest(source_root, src, &copy.exclude))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(CopyPlan {
+        op: CopyOp::new(items, dst)?,
+    })
+}
+
+/// Writes `plan` into `rootfs` (the new snapshot), reading sources below `source_root`, with
+/// every written entry owned by `uid:gid`.
+pub fn execute_copy(
+    plan: &CopyPlan,
+    source_root: &Path,
+    rootfs: &Path,
+    uid: u32,
+    gid: u32,
+) -> Result<CopyStats, CopyError> {
+    let open_dir = |path: &Path| {
+        nix::fcntl::open(
+            path,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| CopyError::Io {
+            action: "opening",
+            path: path.display().to_string(),
+            source: e.into(),
+        })
+    };
+    let mut copier = Copier {
+        root: open_dir(rootfs)?,
+        source: open_dir(source_root)?,
+        uid: Uid::from_raw(uid),
+        gid: Gid::from_raw(gid),
+        files: Vec::new(),
+        new_dirs: Vec::new(),
+        stats: CopyStats::default(),
+    };
+    match &plan.op {
+        CopyOp::Items { items, dst_dir } => {
+            let components = dst_components(dst_dir);
+            if components.last() == Some(&"..") {
+                // Harmless (resolution stays in the root) but meaningless as a destination.
+                return Err(CopyError::InvalidDestination { dst: dst_dir.clone() });
+            }
+            let (dir_path, dir) = copier.ensure_parents(&components)?;
+            for item in items {
+                match item {
+                    // `src .`: the source root's contents merge into the destination directory.
+                    Manifest::Dir { path, children, .. } if path.is_empty() => {
+                        copier.copy_children(&dir, &dir_path, children)?
+                    }
+                    _ => copier.copy_entry(&dir, &dir_path, item.basename(), item)?,
+                }
+            }
+        }
+        CopyOp::Item { item, dst } => {
+            let components = dst_components(dst);
+            let Some((&name, parents)) = components.split_last() else {
+                return Err(CopyError::InvalidDestination { dst: dst.clone() });
+            };
+            if name == ".." {
+                return Err(CopyError::InvalidDestination { dst: dst.clone() });
+            }
+            let (parent_path, parent) = copier.ensure_parents(parents)?;
+            copier.copy_entry(&parent, &parent_path, name, item)?;
+        }
+    }
+    copier.finish()
+}
+
+/// The components of a destination: empty and `.` segments dropped, `..` kept (resolved by the
+/// kernel, clamped at the rootfs).
+fn dst_components(dst: &str) -> Vec<&str> {
+    dst.split('/').filter(|c| !c.is_empty() && *c != ".").collect()
+}
+
+fn child_path(parent: &str, name: &str) -> String {
+    if parent.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{parent}/{name}")
+    }
+}
+
+/// A file to copy once the directory skeleton exists.
+struct FileJob<'a> {
+    /// Path below the source root.
+    source: &'a str,
+    /// Path of the destination's parent directory inside the rootfs, and the entry name.
+    parent: String,
+    name: String,
+    sha256: &'a str,
+    mode: u32,
+}
+
+struct Copier<'a> {
+    root: OwnedFd,
+    source: OwnedFd,
+    uid: Uid,
+    gid: Gid,
+    files: Vec<FileJob<'a>>,
+    /// Directories this copy created, in creation order, with their final mode.
+    new_dirs: Vec<(String, u32)>,
+    stats: CopyStats,
+}
+
+impl<'a> Copier<'a> {
+    /// Resolves `path` inside the rootfs as the container would, never leaving it.
+    fn open_in_root(&self, path: &str, flags: OFlag) -> nix::Result<OwnedFd> {
+        let path = if path.is_empty() { "." } else { path };
+        let how = OpenHow::new()
+            .flags(flags | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        openat2(&self.root, path, how)
+    }
+
+    /// Opens each destination parent, creating missing ones (0755, `uid:gid`). Existing ones,
+    /// symlinks resolved inside the rootfs, are used as they are.
+    fn ensure_parents(&mut self, components: &[&str]) -> Result<(String, OwnedFd), CopyError> {
+        let mut path = String::new();
+        let mut dir = self
+            .open_in_root("", OFlag::O_PATH | OFlag::O_DIRECTORY)
+            .map_err(io_err("opening", "/"))?;
+        for component in components {
+            let next = child_path(&path, component);
+            dir = match self.open_in_root(&next, OFlag::O_PATH | OFlag::O_DIRECTORY) {
+                Ok(fd) => fd,
+                Err(Errno::ENOENT) => {
+                    let fd = self.make_dir(&dir, component, &next, 0o755)?;
+                    self.stats.dirs += 1;
+                    fd
+                }
+                Err(Errno::ENOTDIR) => return Err(CopyError::NotADirectory { path: shown(&next) }),
+                Err(e) => return Err(io_err("opening", &shown(&next))(e)),
+            };
+            path = next;
+        }
+        Ok((path, dir))
+    }
+
+    /// Creates directory `name` in `parent`, owned by `uid:gid` with `mode`; returns an `O_PATH`
+    /// descriptor of it.
+    fn make_dir(&self, parent: &OwnedFd, name: &str, path: &str, mode: u32) -> Result<OwnedFd, CopyError> {
+        let path = shown(path);
+        mkdirat(parent, name, Mode::from_bits_truncate(0o700)).map_err(|e| match e {
+            Errno::EEXIST => CopyError::NotADirectory { path: path.clone() },
+            e => io_err("creating directory", &path)(e),
+        })?;
+        let fd = openat(
+            parent,
+            name,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io_err("opening", &path))?;
+        fchown(&fd, Some(self.uid), Some(self.gid)).map_err(io_err("changing owner of", &path))?;
+        // Explicit chmod: the mode given to mkdir is filtered by the umask.
+        fchmod(&fd, Mode::from_bits_truncate(mode)).map_err(io_err("changing mode of", &path))?;
+        Ok(fd)
+    }
+
+    /// Copies `entry` as `name` inside the directory `parent` (at `parent_path` in the rootfs).
+    /// Directories and symlinks are made now; files are queued for the parallel pass.
+    fn copy_entry(
+        &mut self,
+        parent: &OwnedFd,
+        parent_path: &str,
+        name: &str,
+        entry: &'a Manifest,
+    ) -> Result<(), CopyError> {
+        let path = child_path(parent_path, name);
+        match entry {
+            Manifest::File {
+                path: source,
+                sha256,
+                mode,
+            } => {
+                self.files.push(FileJob {
+                    source,
+                    parent: parent_path.to_owned(),
+                    name: name.to_owned(),
+                    sha256,
+                    mode: *mode,
+                });
+            }
+            Manifest::Symlink { target, .. } => {
+                remove_non_dir(parent, name, &path)?;
+                symlinkat(target.as_str(), parent, name).map_err(io_err("creating symlink", &shown(&path)))?;
+                fchownat(
+                    parent,
+                    name,
+                    Some(self.uid),
+                    Some(self.gid),
+                    nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .map_err(io_err("changing owner of", &shown(&path)))?;
+                self.stats.symlinks += 1;
+            }
+            Manifest::Dir { mode, children, .. } => {
+                // Created 0700 so that it stays writable while filled; its mode is set at the end.
+                let dir = match self.make_dir(parent, name, &path, 0o700) {
+                    Ok(fd) => {
+                        self.new_dirs.push((path.clone(), *mode));
+                        self.stats.dirs += 1;
+                        fd
+                    }
+                    // Something is there: merge into it if it is (or leads, inside the rootfs,
+                    // to) a directory, without changing it.
+                    Err(CopyError::NotADirectory { .. }) => {
+                        match self.open_in_root(&path, OFlag::O_PATH | OFlag::O_DIRECTORY) {
+                            Ok(fd) => fd,
+                            Err(Errno::ENOTDIR | Errno::ENOENT) => {
+                                return Err(CopyError::NotADirectory { path: shown(&path) })
+                            }
+                            Err(e) => return Err(io_err("opening", &shown(&path))(e)),
+                        }
+                    }
+                    Err(e) => return Err(e),
+                };
+                self.copy_children(&dir, &path, children)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn copy_children(&mut self, dir: &OwnedFd, dir_path: &str, children: &'a [Manifest]) -> Result<(), CopyError> {
+        for child in children {
+            self.copy_entry(dir, dir_path, child.basename(), child)?;
+        }
+        Ok(())
+    }
+
+    /// Copies the queued files in parallel, then gives new directories their final modes
+    /// (deepest first, so a read-only directory is filled before it is closed).
+    fn finish(mut self) -> Result<CopyStats, CopyError> {
+        let files = std::mem::take(&mut self.files);
+        let bytes = files
+            .par_iter()
+            .map(|job| self.copy_file(job))
+            .try_reduce(|| 0, |a, b| Ok(a + b))?;
+        self.stats.files = files.len() as u64;
+        self.stats.bytes = bytes;
+        for (path, mode) in self.new_dirs.iter().rev() {
+            let fd = self
+                .open_in_root(path, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW)
+                .map_err(io_err("opening", &shown(path)))?;
+            fchmod(&fd, Mode::from_bits_truncate(*mode)).map_err(io_err("changing mode of", &shown(path)))?;
+        }
+        Ok(self.stats)
+    }
+
+    /// Copies one file, hashing the bytes as they are written; returns the byte count.
+    fn copy_file(&self, job: &FileJob<'_>) -> Result<u64, CopyError> {
+        let how = OpenHow::new()
+            .flags(OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NOCTTY)
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+        let changed = || CopyError::SourceChanged {
+            path: job.source.to_owned(),
+        };
+        let source = match openat2(&self.source, job.source, how) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT | Errno::ELOOP | Errno::ENOTDIR | Errno::EXDEV) => return Err(changed()),
+            Err(e) => return Err(io_err("opening source", job.source)(e)),
+        };
+        let stat = fstat(&source).map_err(io_err("reading source", job.source))?;
+        if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+            return Err(changed());
+        }
+        let path = shown(&child_path(&job.parent, &job.name));
+        let parent = self
+            .open_in_root(&job.parent, OFlag::O_PATH | OFlag::O_DIRECTORY)
+            .map_err(io_err("opening", &path))?;
+        remove_non_dir(&parent, &job.name, &path)?;
+        let target = openat(
+            &parent,
+            job.name.as_str(),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(io_err("creating", &path))?;
+        let (mut source, mut target) = (File::from(source), File::from(target));
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; COPY_CHUNK];
+        let mut total = 0u64;
+        loop {
+            let n = match source.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(CopyError::Io {
+                        action: "reading source",
+                        path: job.source.to_owned(),
+                        source: e,
+                    })
+                }
+            };
+            hasher.update(&buf[..n]);
+            target.write_all(&buf[..n]).map_err(|e| CopyError::Io {
+                action: "writing",
+                path: path.clone(),
+                source: e,
+            })?;
+            total += n as u64;
+        }
+        if sha256_hex(hasher) != job.sha256 {
+            return Err(changed());
+        }
+        // chown before chmod: chown clears set-id bits.
+        fchown(target.as_fd(), Some(self.uid), Some(self.gid)).map_err(io_err("changing owner of", &path))?;
+        fchmod(target.as_fd(), Mode::from_bits_truncate(job.mode)).map_err(io_err("changing mode of", &path))?;
+        Ok(total)
+    }
+}
+
+/// Unlinks whatever non-directory is at `name` (never following it); a directory there is an
+/// error, a missing entry is fine.
+fn remove_non_dir(parent: &OwnedFd, name: &str, path: &str) -> Result<(), CopyError> {
+    match unlinkat(parent, name, UnlinkatFlags::NoRemoveDir) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(Errno::EISDIR) => Err(CopyError::IsADirectory { path: shown(path) }),
+        Err(e) => Err(io_err("removing", &shown(path))(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workdir_join_is_filename_concat() {
+        assert_eq!(join_workdir("/", "src/./"), "/src/./");
+        assert_eq!(join_workdir("/src", "a"), "/src/a");
+        assert_eq!(join_workdir("/src/", "a"), "/src/a");
+        assert_eq!(join_workdir("/src", "/abs"), "/abs");
+        assert_eq!(join_workdir("/src", ""), "/src/");
+    }
+
+    #[test]
+    fn destination_components() {
+        assert_eq!(dst_components("/a//./b/"), ["a", "b"]);
+        assert_eq!(dst_components("/../x"), ["..", "x"]);
+        assert!(dst_components("/").is_empty());
+    }
+}
