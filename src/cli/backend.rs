@@ -11,7 +11,8 @@ use super::{CliError, GlobalArgs};
 use crate::build::Builder;
 use crate::fetch::{FetchOptions, ImageFetcher};
 use crate::key::IdScheme;
-use strata_sandbox::runtime::{OciSandbox, SandboxOptions};
+use strata_sandbox::runtime::{OciSandbox, OciSandboxOptions};
+use strata_stores::owner::ProcessOwner;
 use strata_stores::{RsyncMode, Store, StoreSpec};
 
 /// Flags shared by the commands that build (`build`, `healthcheck`).
