@@ -1,0 +1,146 @@
+//! prune, clean, delete, healthcheck and the inspection commands, end to end.
+
+mod common;
+
+use common::{count, stderr, stdout, Backend, Env};
+
+fn ids(env: &Env) -> Vec<String> {
+    let out = env.strata(&["ls", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    rows.iter().map(|r| r["id"].as_str().unwrap().to_owned()).collect()
+}
+
+/// Builds a 3-item chain (base, run, run) and returns the last id.
+fn chain(env: &Env, tag: &str) -> String {
+    let ctx = env.context("ctx");
+    let spec = env.spec(
+        &format!("{tag}.spec"),
+        &format!(r#"((from busybox) (run (shell "echo {tag} > /a")) (run (shell "echo {tag} > /b")))"#),
+    );
+    env.build_ok(&spec, &ctx, &[]).0
+}
+
+fn prune_cases(backend: Backend) {
+    let env = Env::new(backend);
+    let last = chain(&env, "one");
+    assert_eq!(ids(&env).len(), 3);
+
+    // An old cutoff removes nothing.
+    let out = env.strata(&["prune", "--before", "2000-01-01T00:00:00Z"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(ids(&env).len(), 3);
+
+    // --dry-run changes nothing but says what would go, leaves first.
+    let out = env.strata(&["prune", "--older-than", "0s", "--dry-run"]);
+    assert!(stdout(&out).contains(&format!("Would remove {last}")), "{}", stdout(&out));
+    assert_eq!(ids(&env).len(), 3);
+
+    // --limit holds; leaves go first.
+    let out = env.strata(&["prune", "--older-than", "0s", "--limit", "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains(&format!("Removing {last}")), "{}", stdout(&out));
+    assert_eq!(ids(&env).len(), 2);
+
+    // Then parents, down to nothing.
+    let out = env.strata(&["prune", "--older-than", "0s", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["removed"].as_array().unwrap().len(), 2, "{report}");
+    assert!(ids(&env).is_empty());
+    env.verify_clean();
+
+    // delete removes descendants, children first.
+    let last = chain(&env, "two");
+    let all = ids(&env);
+    let base = all.iter().find(|id| **id != last).unwrap().clone();
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&env.strata(&["ls", "--json"]).stdout).unwrap();
+    let root = rows.iter().find(|r| r["parent"].is_null()).unwrap()["id"].as_str().unwrap().to_owned();
+    let out = env.strata(&["delete", &root]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert_eq!(count(&text, "Removing "), 3, "{text}");
+    assert!(text.find(&last).unwrap() < text.find(&format!("Removing {root}")).unwrap(), "children first: {text}");
+    assert!(ids(&env).is_empty(), "{base}");
+    env.verify_clean();
+}
+
+#[test]
+fn prune_on_btrfs() {
+    prune_cases(Backend::Btrfs);
+}
+
+#[test]
+fn prune_on_overlayfs() {
+    prune_cases(Backend::Overlayfs);
+}
+
+#[test]
+fn prune_on_zfs() {
+    prune_cases(Backend::Zfs);
+}
+
+/// A prune during a build of the same chain spares what that build uses, and the build succeeds.
+#[test]
+fn prune_during_build_spares_its_chain() {
+    let env = Env::new(Backend::Btrfs);
+    let ctx = env.context("ctx");
+    chain(&env, "warm");
+    let spec = env.spec(
+        "long.spec",
+        r#"((from busybox) (run (shell "echo warm > /a")) (run (shell "sleep 3; echo long > /c")))"#,
+    );
+    let child = env
+        .command(&["build", "-f", spec.to_str().unwrap(), ctx.to_str().unwrap(), "--progress", "plain"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    // Two prunes at once, while the build runs.
+    let p1 = env.command(&["prune", "--older-than", "0s"]).output();
+    let p2 = env.strata(&["prune", "--older-than", "0s"]);
+    assert!(p1.unwrap().status.success());
+    assert!(p2.status.success(), "{}", stderr(&p2));
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "build during prune failed: {}", stderr(&out));
+    env.verify_clean();
+}
+
+#[test]
+fn healthcheck_good_and_bad() {
+    let env = Env::new(Backend::Overlayfs);
+    let out = env.strata(&["healthcheck"]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("Healthcheck passed"), "{}", stdout(&out));
+    // It leaves nothing but the base behind.
+    assert_eq!(ids(&env).len(), 1);
+
+    let out = env.strata(&["healthcheck", "--runtime", "/nonexistent/runc"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("unhealthy"), "{}", stdout(&out));
+
+    let out = env.strata(&["healthcheck", "--base", "no-such-image-here:1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("base image") && stdout(&out).contains("unhealthy"), "{}", stdout(&out));
+
+    let out = env.strata(&["healthcheck", "--json", "--min-free", "100"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["healthy"], false, "{report}");
+    env.verify_clean();
+}
+
+#[test]
+fn inspection_commands() {
+    let env = Env::new(Backend::Overlayfs);
+    let last = chain(&env, "look");
+    let out = env.strata(&["info", &last]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("(run (shell \"echo look > /b\"))"), "{}", stdout(&out));
+    let out = env.strata(&["log", &last]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = env.strata(&["du", "--json"]);
+    let du: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(du["items"], 3, "{du}");
+    let out = env.strata(&["info", "0000"]);
+    assert_eq!(out.status.code(), Some(2));
+}
