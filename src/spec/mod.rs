@@ -18,3 +18,6 @@ pub use ast::{Copy, CopyFrom, Mount, Op, OpItem, Run, Spec, Stage, User};
 pub use error::SpecError;
 pub use parse::{load_spec, parse_spec};
 pub use sexp::{Sexp, Span};
+
+#[cfg(test)]
+mod tests;

@@ -277,10 +277,9 @@ impl Writer {
                             self.text(" ");
                         }
                     }
+                    // Writes the field's trailing comment too; the last field has none (its
+                    // comment was moved after the item, since `)` closes on its line).
                     self.item(field);
-                    if index + 1 < fields.len() {
-                        self.trailing(field);
-                    }
                 }
                 self.text(")");
             }
