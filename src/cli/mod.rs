@@ -1,6 +1,11 @@
 //! The command line: clap definitions, one file per subcommand, exit codes.
 
+pub mod check;
+pub mod completions;
+pub mod dockerfile;
 pub mod exit;
+pub mod fmt;
+pub mod man;
 
 use std::process::ExitCode;
 
@@ -46,7 +51,18 @@ pub enum Color {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Validate spec files; print `FILE: ok` for each good one
+    Check(check::CheckArgs),
+    /// Print a spec in canonical layout, comments kept
+    Fmt(fmt::FmtArgs),
+    /// Convert a spec to a Dockerfile
+    Dockerfile(dockerfile::DockerfileArgs),
+    /// Print shell completions
+    Completions(completions::CompletionsArgs),
+    /// Print the man page (roff)
+    Man(man::ManArgs),
+}
 
 fn init_logging(global: &GlobalArgs) {
     let level = if global.quiet {
@@ -71,6 +87,12 @@ fn init_logging(global: &GlobalArgs) {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.global);
-    let result: CliResult = match cli.command {};
+    let result: CliResult = match &cli.command {
+        Command::Check(args) => check::run(args),
+        Command::Fmt(args) => fmt::run(args),
+        Command::Dockerfile(args) => dockerfile::run(args),
+        Command::Completions(args) => completions::run(args),
+        Command::Man(args) => man::run(args),
+    };
     exit::report(result)
 }
