@@ -33,7 +33,11 @@ fn prune_cases(backend: Backend) {
 
     // --dry-run changes nothing but says what would go, leaves first.
     let out = env.strata(&["prune", "--older-than", "0s", "--dry-run"]);
-    assert!(stdout(&out).contains(&format!("Would remove {last}")), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains(&format!("Would remove {last}")),
+        "{}",
+        stdout(&out)
+    );
     assert_eq!(ids(&env).len(), 3);
 
     // --limit holds; leaves go first.
@@ -54,12 +58,18 @@ fn prune_cases(backend: Backend) {
     let all = ids(&env);
     let base = all.iter().find(|id| **id != last).unwrap().clone();
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&env.strata(&["ls", "--json"]).stdout).unwrap();
-    let root = rows.iter().find(|r| r["parent"].is_null()).unwrap()["id"].as_str().unwrap().to_owned();
+    let root = rows.iter().find(|r| r["parent"].is_null()).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let out = env.strata(&["delete", &root]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     assert_eq!(count(&text, "Removing "), 3, "{text}");
-    assert!(text.find(&last).unwrap() < text.find(&format!("Removing {root}")).unwrap(), "children first: {text}");
+    assert!(
+        text.find(&last).unwrap() < text.find(&format!("Removing {root}")).unwrap(),
+        "children first: {text}"
+    );
     assert!(ids(&env).is_empty(), "{base}");
     env.verify_clean();
 }
@@ -90,7 +100,14 @@ fn prune_during_build_spares_its_chain() {
         r#"((from busybox) (run (shell "echo warm > /a")) (run (shell "sleep 3; echo long > /c")))"#,
     );
     let child = env
-        .command(&["build", "-f", spec.to_str().unwrap(), ctx.to_str().unwrap(), "--progress", "plain"])
+        .command(&[
+            "build",
+            "-f",
+            spec.to_str().unwrap(),
+            ctx.to_str().unwrap(),
+            "--progress",
+            "plain",
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -121,7 +138,11 @@ fn healthcheck_good_and_bad() {
 
     let out = env.strata(&["healthcheck", "--base", "no-such-image-here:1"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stdout(&out).contains("base image") && stdout(&out).contains("unhealthy"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("base image") && stdout(&out).contains("unhealthy"),
+        "{}",
+        stdout(&out)
+    );
 
     let out = env.strata(&["healthcheck", "--json", "--min-free", "100"]);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -135,7 +156,11 @@ fn inspection_commands() {
     let last = chain(&env, "look");
     let out = env.strata(&["info", &last]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("(run (shell \"echo look > /b\"))"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("(run (shell \"echo look > /b\"))"),
+        "{}",
+        stdout(&out)
+    );
     let out = env.strata(&["log", &last]);
     assert!(out.status.success(), "{}", stderr(&out));
     let out = env.strata(&["du", "--json"]);

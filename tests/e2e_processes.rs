@@ -83,14 +83,24 @@ fn overlapping_processes_on_overlayfs() {
 fn kill_during_run_then_rebuild() {
     let env = Env::new(Backend::Btrfs);
     let ctx = env.context("ctx");
-    let spec = env.spec("slow.spec", r#"((from busybox) (run (shell "sleep 3; echo done > /x")) (run (shell "cat /x")))"#);
+    let spec = env.spec(
+        "slow.spec",
+        r#"((from busybox) (run (shell "sleep 3; echo done > /x")) (run (shell "cat /x")))"#,
+    );
     let clean = Env::new(Backend::Overlayfs);
     let (expected, _) = clean.build_ok(&spec, &ctx, &[]);
 
     let base = env.spec("base.spec", "((from busybox))");
     env.build_ok(&base, &ctx, &[]);
     let mut child = env
-        .command(&["build", "-f", spec.to_str().unwrap(), ctx.to_str().unwrap(), "--progress", "plain"])
+        .command(&[
+            "build",
+            "-f",
+            spec.to_str().unwrap(),
+            ctx.to_str().unwrap(),
+            "--progress",
+            "plain",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -107,7 +117,11 @@ fn kill_during_run_then_rebuild() {
         .args(["list", "-q"])
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&runc.stdout).trim(), "", "containers left behind");
+    assert_eq!(
+        String::from_utf8_lossy(&runc.stdout).trim(),
+        "",
+        "containers left behind"
+    );
 }
 
 /// A database locked by another process is waited for, not an error.
@@ -133,6 +147,9 @@ fn locked_database_is_waited_for() {
     let started = Instant::now();
     let out = env.strata(&["ls", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(started.elapsed() >= Duration::from_millis(1000), "ls did not wait for the lock");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1000),
+        "ls did not wait for the lock"
+    );
     locker.wait().unwrap();
 }

@@ -91,7 +91,7 @@ pub(crate) fn build_ops(
         if run.cancel.is_cancelled() {
             return Err(BuildError::Cancelled);
         }
-        let op_text = spec::print::op_to_sexp(&item.op).to_machine();
+        let op_text = spec::print::one_line(&spec::print::op_to_sexp(&item.op));
         run.heading(stage, &format!("{}: {op_text}", ctx.workdir));
         match &item.op {
             Op::Comment(_) => {}

@@ -108,14 +108,17 @@ pub fn fetch_options(backend: &BackendArgs) -> Result<FetchOptions, CliError> {
 pub fn open_builder(global: &GlobalArgs, store_args: &StoreArgs, backend: &BackendArgs) -> Result<Builder, CliError> {
     let store = open_store(global, store_args)?;
     let state = store.state_dir();
-    let sandbox =
-        OciSandbox::new(SandboxOptions::new(&backend.runtime, state.join("sandbox"))).map_err(CliError::environment)?;
     let owners = state.join("owners");
-    if let Err(e) =
-        sandbox.cleanup_orphans(&|tag| strata_stores::owner::ProcessOwner::is_alive(&owners, tag).unwrap_or(true))
-    {
+    // This process's claim on its containers and bundles; dies with the process.
+    let owner = ProcessOwner::register(&owners).map_err(CliError::environment)?;
+    let mut options = OciSandboxOptions::new(state.join("sandbox"), owner.tag(), state.join("bundles"));
+    options.runtime = backend.runtime.clone();
+    let sandbox = OciSandbox::new(options).map_err(CliError::environment)?;
+    if let Err(e) = sandbox.cleanup_orphans(&|tag| ProcessOwner::is_alive(&owners, tag).unwrap_or(true)) {
         tracing::warn!("cleaning up leftover containers: {e}");
     }
+    // The owner lock must be held for the life of the process.
+    std::mem::forget(owner);
     let fetcher = ImageFetcher::new(fetch_options(backend)?);
     let builder = Builder::new(store, Arc::new(sandbox), Arc::new(fetcher), store_args.id_scheme)
         .map_err(|e| CliError::environment(anyhow::Error::new(e)))?;

@@ -3,11 +3,16 @@
 pub mod backend;
 pub mod build;
 pub mod cache;
+pub mod check;
 pub mod clean;
+pub mod completions;
 pub mod delete;
+pub mod dockerfile;
 pub mod exit;
+pub mod fmt;
 pub mod healthcheck;
 pub mod inspect;
+pub mod man;
 pub mod progress;
 pub mod prune;
 pub mod units;
@@ -80,6 +85,16 @@ pub enum Command {
     Cache(cache::CacheArgs),
     /// Check the database against the store; --repair fixes what it can
     Verify(verify::VerifyArgs),
+    /// Validate spec files; print `FILE: ok` for each good one
+    Check(check::CheckArgs),
+    /// Print a spec in canonical layout, comments kept
+    Fmt(fmt::FmtArgs),
+    /// Convert a spec to a Dockerfile
+    Dockerfile(dockerfile::DockerfileArgs),
+    /// Print shell completions
+    Completions(completions::CompletionsArgs),
+    /// Print the man page (roff)
+    Man(man::ManArgs),
 }
 
 fn init_logging(global: &GlobalArgs) {
@@ -117,6 +132,11 @@ pub fn main() -> ExitCode {
         Command::Du(args) => inspect::du(&cli.global, args),
         Command::Cache(args) => cache::run(&cli.global, args),
         Command::Verify(args) => verify::run(&cli.global, args),
+        Command::Check(args) => check::run(&args),
+        Command::Fmt(args) => fmt::run(&args),
+        Command::Dockerfile(args) => dockerfile::run(&args),
+        Command::Completions(args) => completions::run(&args),
+        Command::Man(args) => man::run(&args),
     };
     exit::report(result)
 }

@@ -6,9 +6,18 @@
 //! `dockerfile` converts a spec to a Dockerfile.
 
 pub mod ast;
+pub mod dockerfile;
 pub mod error;
+pub mod format;
+pub mod parse;
+pub mod print;
+pub mod reader;
 pub mod sexp;
 
 pub use ast::{Copy, CopyFrom, Mount, Op, OpItem, Run, Spec, Stage, User};
 pub use error::SpecError;
+pub use parse::{load_spec, parse_spec};
 pub use sexp::{Sexp, Span};
+
+#[cfg(test)]
+mod tests;

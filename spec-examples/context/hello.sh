@@ -1,0 +1,2 @@
+#!/bin/sh
+echo "hello.sh says hi from $(pwd)"
