@@ -18,9 +18,10 @@ use strata_stores::{Prepared, StepId, Store, StoreSpec};
 use strata_testkit::stores::{LoopFilesystem, PlainDirectory};
 
 type Fixture = (StoreSpec, Box<dyn Any>);
+type MakeFixture = fn() -> Result<Fixture, String>;
 
 /// Name and fixture maker of every backend the bench knows.
-const BACKENDS: &[(&str, fn() -> Result<Fixture, String>)] = &[
+const BACKENDS: &[(&str, MakeFixture)] = &[
     ("btrfs", || {
         let fs = LoopFilesystem::btrfs("4G")?;
         Ok((StoreSpec::Btrfs(fs.mount_point().join("store")), Box::new(fs)))
