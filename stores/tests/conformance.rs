@@ -573,3 +573,27 @@ mod copy_stores {
         }
     }
 }
+
+/// What only the btrfs store promises about recorded sizes.
+mod btrfs_store {
+    use super::*;
+
+    #[test]
+    fn size_counts_the_items_own_data_not_the_base() {
+        let Some(f) = support::btrfs() else { return };
+        let store = f.open();
+        let base = build(&*store, None, &id(1), |dir| {
+            fs::create_dir(dir.join("rootfs")).unwrap();
+            fs::write(dir.join("rootfs/base"), vec![7u8; 4 << 20]).unwrap();
+        });
+        assert!(base.size_bytes >= 4 << 20, "base size {}", base.size_bytes);
+        let child = build(&*store, Some(&id(1)), &id(2), |dir| {
+            fs::write(dir.join("rootfs/child"), vec![9u8; 1 << 20]).unwrap();
+        });
+        assert!(
+            (1 << 20..2 << 20).contains(&child.size_bytes),
+            "child size {} should count its 1 MiB, not the 4 MiB base",
+            child.size_bytes
+        );
+    }
+}
