@@ -16,8 +16,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{cli, generation, ZfsStore};
-use crate::owner::ProcessOwner;
+use super::{cli, ZfsStore};
+use crate::cache_generation::InUse;
 use crate::{cache_name, CacheLease, StoreError};
 
 /// The dataset component for a cache name: injective escaping with `%` spelled `:`.
@@ -27,17 +27,6 @@ pub fn component(name: &str) -> Result<String, StoreError> {
 
 fn name_of(component: &str) -> Option<String> {
     cache_name::unescape(&component.replace(':', "%"))
-}
-
-/// The cache component a lease dataset (`<owner>--<n>-<component>`) belongs to.
-fn lease_component(lease: &str) -> Option<&str> {
-    let (_, rest) = lease.split_once(crate::owner::OWNER_SEPARATOR)?;
-    let (counter, component) = rest.split_once('-')?;
-    (counter.bytes().all(|b| b.is_ascii_digit()) && component.starts_with("c-")).then_some(component)
-}
-
-fn generation_dir(store: &ZfsStore) -> PathBuf {
-    store.state.join("caches")
 }
 
 /// The dataset holding a cache's versions `g<N>` (normally one; two while publishing).
@@ -53,6 +42,7 @@ pub struct ZfsLease<'a> {
     path: PathBuf,
     generation: u64,
     released: bool,
+    _in_use: InUse,
 }
 
 /// The newest version `N` of a cache that has its `@snap` (`cache/<component>/g<N>@snap`).
@@ -87,7 +77,7 @@ fn version(store: &ZfsStore, component: &str, n: u64) -> String {
 pub fn lease<'a>(store: &'a ZfsStore, name: &str, uid: u32, gid: u32) -> Result<ZfsLease<'a>, StoreError> {
     let escaped = cache_name::escape(name)?;
     let component = component(name)?;
-    let guard = generation::lock(&generation_dir(store), &escaped)?;
+    let guard = store.caches.lock(&escaped)?;
     let current = match current_version(store, &component)? {
         Some(n) => n,
         None => {
@@ -103,8 +93,14 @@ pub fn lease<'a>(store: &'a ZfsStore, name: &str, uid: u32, gid: u32) -> Result<
             n
         }
     };
-    let generation = guard.current()?;
-    let dataset = store.temp_dataset("cache-tmp", &component)?;
+    let generation = guard.generation()?;
+    let dataset = store
+        .temp_dataset("cache-tmp", &component)
+        .map_err(|e| StoreError::InvalidCacheName {
+            name: name.to_owned(),
+            reason: e.to_string(),
+        })?;
+    let in_use = store.caches.mark_in_use(&escaped)?;
     cli::clone(&format!("{}@snap", version(store, &component, current)), &dataset)?;
     let mut lease = ZfsLease {
         store,
@@ -114,6 +110,7 @@ pub fn lease<'a>(store: &'a ZfsStore, name: &str, uid: u32, gid: u32) -> Result<
         path: PathBuf::new(),
         generation,
         released: false,
+        _in_use: in_use,
     };
     lease.path = cli::ensure_mounted(&lease.dataset)?;
     Ok(lease)
@@ -157,8 +154,8 @@ impl CacheLease for ZfsLease<'_> {
 
     fn release(mut self: Box<Self>) -> Result<(), StoreError> {
         self.released = true;
-        let guard = generation::lock(&generation_dir(self.store), &self.escaped)?;
-        if guard.current()? != self.generation {
+        let guard = self.store.caches.lock(&self.escaped)?;
+        if guard.generation()? != self.generation {
             // Another lease was published first: this copy loses.
             return cli::destroy(&self.dataset, false);
         }
@@ -182,16 +179,10 @@ impl Drop for ZfsLease<'_> {
 pub fn delete(store: &ZfsStore, name: &str) -> Result<(), StoreError> {
     let escaped = cache_name::escape(name)?;
     let component = component(name)?;
-    let guard = generation::lock(&generation_dir(store), &escaped)?;
-    for lease in cli::children(&store.group("cache-tmp"))? {
-        if lease_component(&lease) != Some(component.as_str()) {
-            continue;
-        }
-        if let Some(owner) = ProcessOwner::owner_of(&lease) {
-            if ProcessOwner::is_alive(&store.owners_dir(), owner)? {
-                return Err(StoreError::Busy(name.to_owned()));
-            }
-        }
+    let guard = store.caches.lock(&escaped)?;
+    // A clone cannot outlive its origin: answer Busy while any process holds a lease.
+    if store.caches.in_use(&escaped)? {
+        return Err(StoreError::Busy(name.to_owned()));
     }
     // -R: leases of dead processes are clones of this cache; they go with it.
     cli::destroy(&container(store, &component), true)?;
@@ -222,12 +213,5 @@ mod tests {
             );
             assert_eq!(name_of(&c).as_deref(), Some(name));
         }
-    }
-
-    #[test]
-    fn finds_the_cache_of_a_lease() {
-        assert_eq!(lease_component("123.abc--4-c-foo:2fbar"), Some("c-foo:2fbar"));
-        assert_eq!(lease_component("123.abc--4-old-c-foo"), None);
-        assert_eq!(lease_component("no-owner"), None);
     }
 }

@@ -22,11 +22,11 @@
 
 mod cache;
 pub mod cli;
-pub mod generation;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::cache_generation::CacheGenerations;
 use crate::error::IoContext;
 use crate::owner::{is_orphan, FileLock, LockMode, ProcessOwner};
 use crate::{
@@ -44,6 +44,7 @@ pub struct ZfsStore {
     root: PathBuf,
     state: PathBuf,
     owner: ProcessOwner,
+    caches: CacheGenerations,
     recovered: Recovered,
 }
 
@@ -72,16 +73,17 @@ impl ZfsStore {
             cli::ensure_mounted(&dataset).map_err(unsuitable)?;
         }
         let state = cli::mount_state(&format!("{pool}/state")).map_err(unsuitable)?.1;
-        for dir in [state.join("locks"), state.join("caches")] {
-            fs::create_dir_all(&dir).context(|| format!("creating {}", dir.display()))?;
-        }
+        let locks = state.join("locks");
+        fs::create_dir_all(&locks).context(|| format!("creating {}", locks.display()))?;
         let owner = ProcessOwner::register(&state.join("owners"))?;
+        let caches = CacheGenerations::new(&state)?;
         let mut store = ZfsStore {
             spec: spec.clone(),
             pool: pool.clone(),
             root,
             state,
             owner,
+            caches,
             recovered: Recovered::default(),
         };
         store.recovered = store.recover()?;
