@@ -466,6 +466,8 @@ macro_rules! backend {
 backend!(btrfs, crate::support::btrfs);
 backend!(rsync, crate::support::rsync);
 backend!(xfs, crate::support::xfs);
+backend!(zfs, crate::support::zfs);
+backend!(overlayfs, crate::support::overlayfs);
 
 // ---------------------------------------------------------------- opening errors
 

@@ -79,3 +79,25 @@ pub fn rsync() -> Option<BackendFixture> {
         dir,
     ))
 }
+
+pub fn zfs() -> Option<BackendFixture> {
+    if !root_or_skip("zfs") {
+        return None;
+    }
+    let pool = strata_testkit::zfs::ZfsPool::create(None).unwrap();
+    let spec: StoreSpec = pool.spec().parse().unwrap();
+    let scratch = PathBuf::from(&pool.mountpoint)
+        .parent()
+        .map(|p| p.to_path_buf())
+        .unwrap_or_default();
+    Some(BackendFixture::new(spec, scratch, pool))
+}
+
+pub fn overlayfs() -> Option<BackendFixture> {
+    if !root_or_skip("overlayfs") {
+        return None;
+    }
+    let dir = strata_testkit::overlay::OverlayDir::plain().unwrap();
+    let path = dir.path().to_path_buf();
+    Some(BackendFixture::new(StoreSpec::Overlayfs(path.join("store")), path, dir))
+}
