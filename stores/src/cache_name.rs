@@ -22,8 +22,8 @@ pub fn escape(name: &str) -> Result<String, StoreError> {
         }
     }
     if out.len() > MAX_ESCAPED_LEN {
-        return Err(StoreError::InvalidSpec {
-            spec: name.to_owned(),
+        return Err(StoreError::InvalidCacheName {
+            name: name.to_owned(),
             reason: format!(
                 "cache name too long (escaped to {} bytes, at most {MAX_ESCAPED_LEN})",
                 out.len()

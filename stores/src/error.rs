@@ -21,6 +21,8 @@ pub enum StoreError {
         status: String,
         stderr: String,
     },
+    #[error("invalid cache name {name:?}: {reason}")]
+    InvalidCacheName { name: String, reason: String },
     #[error("cache {0:?} is in use")]
     Busy(String),
     #[error("no such item {0}")]

@@ -16,13 +16,18 @@
 //!   release it becomes the latest version unless another lease of the same cache was
 //!   released first (generation check).
 
+pub mod cache_generation;
 pub mod cache_name;
 pub mod command;
+pub mod dir_store;
 pub mod error;
 pub mod layout;
+pub mod leftovers;
 pub mod owner;
+pub mod size;
 pub mod spec;
 pub mod step_id;
+pub mod tree_copy;
 
 pub mod btrfs;
 pub mod copy;

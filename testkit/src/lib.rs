@@ -4,7 +4,10 @@
 //! verbs (so benchmarks, the README's main job and tests share one implementation), wrapped
 //! here in a guard whose `Drop` always runs `destroy`, even when the test panics.
 
+pub mod overlay;
 pub mod script;
+pub mod stores;
+pub mod zfs;
 
 pub use script::ScriptFixture;
 

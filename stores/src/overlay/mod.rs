@@ -1,0 +1,391 @@
+//! The overlayfs store (`overlayfs:/PATH`): every item is a layer holding only its own changes,
+//! stacked on its ancestors' layers.
+//!
+//! Layout (OBuilder's names where they exist):
+//! - `result/<id>/diff/`: the item's layer (its changes to the parent, with overlay
+//!   whiteouts for deletions); `result/<id>/parent`: the parent's id (absent for a root layer);
+//!   `log` and `env` next to them (they are not part of the layer);
+//! - `result/<id>/rootfs/`: the item's FULL tree, a read-only overlay of its chain of layers
+//!   (a read-only bind mount of `diff` for a root layer), mounted when the item is committed
+//!   and again on demand (after a reboot) by [`Store::result`]. OBuilder's overlay store
+//!   exposes only the last layer there, which breaks `copy (from (build ...))`.
+//! - `result-tmp/<owner>--<n>-<id>/`: an item being built, with the same files plus `work/`;
+//!   its `rootfs/` is a writable overlay (upper `diff/`) over the base's chain, or a plain
+//!   directory when there is no base (it becomes `diff/` at commit);
+//! - `cache/<escaped>/`, `cache-tmp/`: caches as plain trees (see [`cache`]);
+//! - `state/`: database, locks, owners, cache generations.
+//!
+//! Deep chains: overlays are mounted with the new mount API, one `lowerdir+` per layer, so the
+//! one-page option limit of `mount(2)` (about 40 long layer paths) does not apply. Lookups of
+//! missing names cost one probe per layer, so a base deeper than the flatten depth (256
+//! by default; the kernel allows 500) is flattened: the new item starts as a full copy of
+//! the base's tree (reflinked where the filesystem can) and becomes a root layer.
+//!
+//! Commit: unmount the writable overlay, drop `work/`, rename the temporary into `result/`
+//! (atomic), mount the read-only view. Crash leftovers are owner-tagged temporaries; at open,
+//! mounts under dead owners' temporaries are unmounted before the trees are removed.
+
+mod cache;
+pub mod mount;
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::cache_generation::CacheGenerations;
+use crate::error::IoContext;
+use crate::layout::Layout;
+use crate::owner::{FileLock, LockMode, ProcessOwner};
+use crate::tree_copy::{copy_tree, remove_tree, DataCopy};
+use crate::{
+    CacheLease, Committed, DiskUsage, PendingItem, Prepared, Recovered, RootfsView, StepId, Store, StoreError,
+    StoreSpec,
+};
+
+use mount::OverlayLayers;
+
+/// Bases at least this deep are flattened (see the module documentation).
+pub const DEFAULT_FLATTEN_DEPTH: usize = 256;
+
+/// The kernel's overlay stack limit.
+const MAX_STACK: usize = 500;
+
+pub struct OverlayStore {
+    spec: StoreSpec,
+    layout: Layout,
+    owner: ProcessOwner,
+    caches: CacheGenerations,
+    recovered: Recovered,
+    flatten_depth: usize,
+}
+
+pub fn open(spec: &StoreSpec) -> Result<Box<dyn Store>, StoreError> {
+    Ok(Box::new(OverlayStore::open(spec, DEFAULT_FLATTEN_DEPTH)?))
+}
+
+fn unsuitable(path: &Path, what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unsuitable {
+        path: path.to_owned(),
+        reason: format!("{what}: {e}"),
+    }
+}
+
+fn exists(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok()
+}
+
+/// Unmounts whatever is mounted in a tree, then removes it.
+fn unmount_and_remove(path: &Path) -> Result<(), StoreError> {
+    mount::unmount_all_under(path)?;
+    remove_tree(path)
+}
+
+impl OverlayStore {
+    /// Opens (and on first use creates) the store; bases of `flatten_depth` layers or more
+    /// are flattened (clamped to the kernel's limit).
+    pub fn open(spec: &StoreSpec, flatten_depth: usize) -> Result<OverlayStore, StoreError> {
+        let root = spec.path();
+        fs::create_dir_all(&root).map_err(|e| unsuitable(&root, "cannot create the store directory", e))?;
+        if !root.is_dir() {
+            return Err(unsuitable(&root, "not a directory", "store root"));
+        }
+        let layout = Layout::new(&root);
+        let init = || -> Result<(ProcessOwner, CacheGenerations), StoreError> {
+            layout.create_dirs()?;
+            for dir in [
+                layout.result_dir(),
+                layout.result_tmp_dir(),
+                layout.cache_dir(),
+                layout.cache_tmp_dir(),
+            ] {
+                fs::create_dir_all(&dir).context(|| format!("creating {}", dir.display()))?;
+            }
+            Ok((
+                ProcessOwner::register(&layout.owners_dir())?,
+                CacheGenerations::new(&layout.state_dir())?,
+            ))
+        };
+        let (owner, caches) = init().map_err(|e| match e {
+            StoreError::Io { .. } => unsuitable(&root, "cannot initialise the store", e),
+            other => other,
+        })?;
+        let removed = crate::leftovers::reconcile_temporaries(&layout, unmount_and_remove)?;
+        if !removed.is_empty() {
+            tracing::info!("removed {} leftover temporaries in {}", removed.len(), root.display());
+        }
+        Ok(OverlayStore {
+            spec: spec.clone(),
+            layout,
+            owner,
+            caches,
+            recovered: Recovered { removed },
+            flatten_depth: flatten_depth.clamp(2, MAX_STACK - 1),
+        })
+    }
+
+    /// The leftovers removed when this store was opened.
+    pub fn recovered(&self) -> &Recovered {
+        &self.recovered
+    }
+
+    fn lock(&self, id: &StepId, purpose: &str) -> Result<FileLock, StoreError> {
+        FileLock::acquire(
+            &self.layout.locks_dir().join(format!("{id}{purpose}.lock")),
+            LockMode::Exclusive,
+        )
+    }
+
+    /// The layers of a committed item, its own first, then its parent's, up to the root.
+    fn chain(&self, id: &StepId) -> Result<Vec<PathBuf>, StoreError> {
+        let mut layers = Vec::new();
+        let mut current = id.clone();
+        loop {
+            let item = self.layout.result(&current);
+            layers.push(item.join("diff"));
+            if layers.len() > MAX_STACK {
+                return Err(unsuitable(&item, "layer chain too deep", layers.len()));
+            }
+            match fs::read_to_string(item.join("parent")) {
+                Ok(text) => {
+                    current = text.trim().parse()?;
+                    if !exists(&self.layout.result(&current)) {
+                        return Err(unsuitable(&item, "missing parent layer", current));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(layers),
+                Err(e) => return Err(StoreError::io(format!("reading {}/parent", item.display()), e)),
+            }
+        }
+    }
+
+    /// Mounts the read-only full view of a committed item at `result/<id>/rootfs` unless it
+    /// is mounted already. Serialised per id across processes, so it is mounted once.
+    fn ensure_view(&self, id: &StepId) -> Result<(), StoreError> {
+        let rootfs = self.layout.result(id).join("rootfs");
+        if mount::is_mount_point(&rootfs)? {
+            return Ok(());
+        }
+        let _lock = self.lock(id, ".view")?;
+        if mount::is_mount_point(&rootfs)? {
+            return Ok(());
+        }
+        let layers = self.chain(id)?;
+        if layers.len() == 1 {
+            mount::bind_read_only(&layers[0], &rootfs)
+        } else {
+            mount::mount_overlay(
+                &rootfs,
+                &OverlayLayers {
+                    lower: &layers,
+                    upper: None,
+                },
+            )
+        }
+    }
+
+    /// Fills the temporary `tmp` with a writable clone of `base`.
+    fn clone_base(&self, base: &StepId, tmp: &Path) -> Result<bool, StoreError> {
+        let base_item = self.layout.result(base);
+        for file in ["env", "log"] {
+            let src = base_item.join(file);
+            if exists(&src) {
+                fs::copy(&src, tmp.join(file)).context(|| format!("copying {}", src.display()))?;
+            }
+        }
+        let layers = self.chain(base)?;
+        let rootfs = tmp.join("rootfs");
+        if layers.len() >= self.flatten_depth {
+            self.ensure_view(base)?;
+            copy_tree(&base_item.join("rootfs"), &rootfs, DataCopy::ReflinkOrPlain)?;
+            return Ok(false);
+        }
+        let (diff, work) = (tmp.join("diff"), tmp.join("work"));
+        for dir in [&diff, &work, &rootfs] {
+            fs::create_dir(dir).context(|| format!("creating {}", dir.display()))?;
+        }
+        // The merged root takes the upper root's owner and mode: give it the base's.
+        let top = fs::metadata(&layers[0]).context(|| format!("reading {}", layers[0].display()))?;
+        std::os::unix::fs::chown(&diff, Some(top.uid()), Some(top.gid()))
+            .context(|| format!("changing owner of {}", diff.display()))?;
+        fs::set_permissions(&diff, fs::Permissions::from_mode(top.mode() & 0o7777))
+            .context(|| format!("changing mode of {}", diff.display()))?;
+        fs::write(tmp.join("parent"), base.as_str()).context(|| format!("writing {}/parent", tmp.display()))?;
+        mount::mount_overlay(
+            &rootfs,
+            &OverlayLayers {
+                lower: &layers,
+                upper: Some((&diff, &work)),
+            },
+        )?;
+        Ok(true)
+    }
+}
+
+use std::os::unix::fs::PermissionsExt;
+
+impl Store for OverlayStore {
+    fn spec(&self) -> &StoreSpec {
+        &self.spec
+    }
+
+    fn root(&self) -> &Path {
+        &self.layout.root
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.layout.state_dir()
+    }
+
+    fn result(&self, id: &StepId) -> Result<Option<PathBuf>, StoreError> {
+        let item = self.layout.result(id);
+        if !exists(&item) {
+            return Ok(None);
+        }
+        self.ensure_view(id)?;
+        Ok(Some(item))
+    }
+
+    fn list_results(&self) -> Result<Vec<StepId>, StoreError> {
+        self.layout.committed_ids()
+    }
+
+    fn rootfs(&self, id: &StepId) -> Result<Box<dyn RootfsView + '_>, StoreError> {
+        let item = self.result(id)?.ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+        Ok(Box::new(MountedView(item.join("rootfs"))))
+    }
+
+    fn prepare(&self, base: Option<&StepId>, id: &StepId) -> Result<Prepared<'_>, StoreError> {
+        let lock = self.lock(id, "")?;
+        if let Some(path) = self.result(id)? {
+            return Ok(Prepared::Exists(path));
+        }
+        if let Some(base) = base {
+            if !exists(&self.layout.result(base)) {
+                return Err(StoreError::NotFound(base.to_string()));
+            }
+        }
+        let tmp = self.layout.result_tmp_dir().join(self.owner.temp_name(id.as_str()));
+        fs::create_dir(&tmp).context(|| format!("creating {}", tmp.display()))?;
+        let mut pending = OverlayPending {
+            store: self,
+            _lock: lock,
+            id: id.clone(),
+            tmp,
+            mounted: false,
+            finished: false,
+        };
+        // On failure `pending` drops and removes the temporary.
+        match base {
+            None => {
+                let rootfs = pending.tmp.join("rootfs");
+                fs::create_dir(&rootfs).context(|| format!("creating {}", rootfs.display()))?;
+            }
+            Some(base) => pending.mounted = self.clone_base(base, &pending.tmp)?,
+        }
+        Ok(Prepared::Pending(Box::new(pending)))
+    }
+
+    fn delete(&self, id: &StepId) -> Result<(), StoreError> {
+        let _lock = self.lock(id, "")?;
+        let item = self.layout.result(id);
+        if !exists(&item) {
+            return Ok(());
+        }
+        mount::unmount_all_under(&item)?;
+        // Aside first: a crash during the removal leaves an orphan, not half an item.
+        let aside = self.layout.result_tmp_dir().join(self.owner.temp_name(id.as_str()));
+        fs::rename(&item, &aside).context(|| format!("moving {} aside", item.display()))?;
+        remove_tree(&aside)
+    }
+
+    fn complete_deletes(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn cache(&self, name: &str, uid: u32, gid: u32) -> Result<Box<dyn CacheLease + '_>, StoreError> {
+        Ok(Box::new(cache::lease(self, name, uid, gid)?))
+    }
+
+    fn delete_cache(&self, name: &str) -> Result<(), StoreError> {
+        cache::delete(self, name)
+    }
+
+    fn list_caches(&self) -> Result<Vec<String>, StoreError> {
+        cache::list(self)
+    }
+
+    fn disk_usage(&self) -> Result<DiskUsage, StoreError> {
+        crate::dir_store::statvfs_usage(&self.layout.root)
+    }
+}
+
+/// `result/<id>/rootfs`, mounted by [`OverlayStore::ensure_view`]. It stays mounted after
+/// the view is dropped: other holders of the item's path (other processes included) rely
+/// on it, and it goes with the item on delete.
+struct MountedView(PathBuf);
+
+impl RootfsView for MountedView {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+struct OverlayPending<'a> {
+    store: &'a OverlayStore,
+    /// The per-id build lock, held until the item is committed or discarded.
+    _lock: FileLock,
+    id: StepId,
+    tmp: PathBuf,
+    /// Whether `rootfs/` is a writable overlay (else it is the layer itself).
+    mounted: bool,
+    finished: bool,
+}
+
+impl OverlayPending<'_> {
+    fn publish(&mut self) -> Result<Committed, StoreError> {
+        let rootfs = self.tmp.join("rootfs");
+        if self.mounted {
+            mount::unmount(&rootfs)?;
+            remove_tree(&self.tmp.join("work"))?;
+        } else {
+            let diff = self.tmp.join("diff");
+            fs::rename(&rootfs, &diff).context(|| format!("renaming {}", rootfs.display()))?;
+            fs::create_dir(&rootfs).context(|| format!("creating {}", rootfs.display()))?;
+        }
+        let item = self.store.layout.result(&self.id);
+        fs::rename(&self.tmp, &item).context(|| format!("renaming {} to {}", self.tmp.display(), item.display()))?;
+        self.finished = true;
+        let size_bytes = crate::size::apparent_size(&item.join("diff")).unwrap_or(0);
+        // Committed either way; a view that fails to mount now is retried by `result`.
+        if let Err(e) = self.store.ensure_view(&self.id) {
+            tracing::warn!("cannot mount the view of {}: {e}", self.id);
+        }
+        Ok(Committed { path: item, size_bytes })
+    }
+}
+
+impl PendingItem for OverlayPending<'_> {
+    fn path(&self) -> &Path {
+        &self.tmp
+    }
+
+    fn commit(mut self: Box<Self>) -> Result<Committed, StoreError> {
+        self.publish()
+    }
+
+    fn abort(mut self: Box<Self>) -> Result<(), StoreError> {
+        self.finished = true;
+        unmount_and_remove(&self.tmp)
+    }
+}
+
+impl Drop for OverlayPending<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            if let Err(e) = unmount_and_remove(&self.tmp) {
+                tracing::warn!("cannot discard {}: {e}", self.tmp.display());
+            }
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! The ZFS store (`zfs:POOL`, `zfs:/PREFIX/POOL`), driven through the `zfs` command so that it
+//! works alike on OpenZFS and on zfs-fuse.
+//!
+//! Datasets under the store's root dataset `POOL` (mount points always read from the
+//! `mountpoint` property, never computed):
+//! - `POOL/state`: database, locks (`state/locks/<id>.lock`), owners, cache generations;
+//! - `POOL/result/<id>`: a committed item, `readonly=on`, with snapshot `@snap` that children
+//!   are cloned from (zfs-fuse has no `.zfs/snapshot`, so the dataset itself is the read-only
+//!   view of the result);
+//! - `POOL/result-tmp/<owner>--<n>-<id>`: an item being built, a clone of the base's `@snap`
+//!   or a new dataset;
+//! - `POOL/cache/<name>`: the latest version of a cache, with `@snap` that leases clone;
+//!   `<name>` is [`crate::cache_name::escape`] with `%` spelled `:` (ZFS names allow no `%`);
+//! - `POOL/cache-tmp/<owner>--<n>-<name>`: a lease (a clone of the cache's `@snap`).
+//!
+//! Commit: snapshot `@snap`, unmount, `readonly=on`, then `zfs rename` from `result-tmp/`
+//! to `result/` and mount. OBuilder builds in the final dataset because ZFS cannot rename a
+//! dataset with open files; strata builds under a temporary name instead, so that a dataset
+//! in `result/` is always complete (no `@snap` check needed to trust it) and a crash leaves only
+//! owner-tagged temporaries. The price: the builder must close the item's log before
+//! committing (the rename unmounts the dataset; a busy unmount is retried for ~20 s).
+
+mod cache;
+pub mod cli;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::cache_generation::CacheGenerations;
+use crate::error::IoContext;
+use crate::owner::{is_orphan, FileLock, LockMode, ProcessOwner};
+use crate::{
+    CacheLease, Committed, DiskUsage, PendingItem, Prepared, Recovered, RootfsView, StepId, Store, StoreError,
+    StoreSpec,
+};
+
+/// Longest dataset name ZFS accepts (MAXNAMELEN - 1).
+const MAX_DATASET_NAME: usize = 255;
+
+pub struct ZfsStore {
+    spec: StoreSpec,
+    /// The store's root dataset (a pool, or a dataset inside one).
+    pool: String,
+    root: PathBuf,
+    state: PathBuf,
+    owner: ProcessOwner,
+    caches: CacheGenerations,
+    recovered: Recovered,
+}
+
+pub fn open(spec: &StoreSpec) -> Result<Box<dyn Store>, StoreError> {
+    Ok(Box::new(ZfsStore::open(spec)?))
+}
+
+impl ZfsStore {
+    /// Opens the store, creating its group datasets on first use and destroying temporaries
+    /// whose owner process is dead.
+    pub fn open(spec: &StoreSpec) -> Result<ZfsStore, StoreError> {
+        let StoreSpec::Zfs { pool, .. } = spec else {
+            return Err(StoreError::InvalidSpec {
+                spec: spec.to_string(),
+                reason: "not a zfs store spec".to_owned(),
+            });
+        };
+        let unsuitable = |e: StoreError| StoreError::Unsuitable {
+            path: spec.path(),
+            reason: format!("cannot use zfs dataset {pool:?}: {e}"),
+        };
+        let root = cli::ensure_mounted(pool).map_err(unsuitable)?;
+        for group in ["state", "result", "result-tmp", "cache", "cache-tmp"] {
+            let dataset = format!("{pool}/{group}");
+            cli::create(&dataset).map_err(unsuitable)?;
+            cli::ensure_mounted(&dataset).map_err(unsuitable)?;
+        }
+        let state = cli::mount_state(&format!("{pool}/state")).map_err(unsuitable)?.1;
+        let locks = state.join("locks");
+        fs::create_dir_all(&locks).context(|| format!("creating {}", locks.display()))?;
+        let owner = ProcessOwner::register(&state.join("owners"))?;
+        let caches = CacheGenerations::new(&state)?;
+        let mut store = ZfsStore {
+            spec: spec.clone(),
+            pool: pool.clone(),
+            root,
+            state,
+            owner,
+            caches,
+            recovered: Recovered::default(),
+        };
+        store.recovered = store.recover()?;
+        Ok(store)
+    }
+
+    /// What [`ZfsStore::open`] removed.
+    pub fn recovered(&self) -> &Recovered {
+        &self.recovered
+    }
+
+    fn owners_dir(&self) -> PathBuf {
+        self.state.join("owners")
+    }
+
+    fn result_dataset(&self, id: &StepId) -> String {
+        format!("{}/result/{id}", self.pool)
+    }
+
+    fn group(&self, group: &str) -> String {
+        format!("{}/{group}", self.pool)
+    }
+
+    fn lock_path(&self, id: &StepId) -> PathBuf {
+        self.state.join("locks").join(format!("{id}.lock"))
+    }
+
+    /// A new temporary dataset name in `group`, owned by this process.
+    fn temp_dataset(&self, group: &str, suffix: &str) -> Result<String, StoreError> {
+        let name = format!("{}/{group}/{}", self.pool, self.owner.temp_name(suffix));
+        // Room for a snapshot suffix such as `@old-18446744073709551615`.
+        if name.len() + 26 > MAX_DATASET_NAME {
+            return Err(StoreError::Unsuitable {
+                path: self.root.clone(),
+                reason: format!("dataset name {name:?} is too long for zfs"),
+            });
+        }
+        Ok(name)
+    }
+
+    /// Destroys temporaries of dead processes: items being built and cache leases. A cache
+    /// dataset that live leases were cloned from stays until they are gone.
+    fn recover(&self) -> Result<Recovered, StoreError> {
+        let mut recovered = Recovered::default();
+        for group in ["result-tmp", "cache-tmp"] {
+            for name in cli::children(&self.group(group))? {
+                if !is_orphan(&self.owners_dir(), &name)? {
+                    continue;
+                }
+                let dataset = format!("{}/{name}", self.group(group));
+                match cli::destroy(&dataset, false) {
+                    Ok(()) => recovered.removed.push(dataset),
+                    Err(e) => tracing::warn!("keeping leftover {dataset}: {e}"),
+                }
+            }
+        }
+        ProcessOwner::forget_dead(&self.owners_dir())?;
+        Ok(recovered)
+    }
+}
+
+impl Store for ZfsStore {
+    fn spec(&self) -> &StoreSpec {
+        &self.spec
+    }
+
+    fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.state.clone()
+    }
+
+    fn result(&self, id: &StepId) -> Result<Option<PathBuf>, StoreError> {
+        match cli::ensure_mounted(&self.result_dataset(id)) {
+            Ok(path) => Ok(Some(path)),
+            Err(e) if cli::is_missing(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn list_results(&self) -> Result<Vec<StepId>, StoreError> {
+        let mut ids: Vec<StepId> = cli::children(&self.group("result"))?
+            .into_iter()
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    fn rootfs(&self, id: &StepId) -> Result<Box<dyn RootfsView + '_>, StoreError> {
+        let item = self.result(id)?.ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+        Ok(Box::new(DatasetRootfs(item.join("rootfs"))))
+    }
+
+    fn prepare(&self, base: Option<&StepId>, id: &StepId) -> Result<Prepared<'_>, StoreError> {
+        let lock = FileLock::acquire(&self.lock_path(id), LockMode::Exclusive)?;
+        if let Some(path) = self.result(id)? {
+            return Ok(Prepared::Exists(path));
+        }
+        let dataset = self.temp_dataset("result-tmp", id.as_str())?;
+        match base {
+            None => {
+                cli::create(&dataset)?;
+            }
+            Some(base) => {
+                let origin = format!("{}@snap", self.result_dataset(base));
+                cli::clone(&origin, &dataset).map_err(|e| {
+                    if cli::is_missing(&e) {
+                        StoreError::NotFound(base.to_string())
+                    } else {
+                        e
+                    }
+                })?;
+            }
+        }
+        let mut pending = ZfsPending {
+            store: self,
+            _lock: lock,
+            id: id.clone(),
+            dataset,
+            path: PathBuf::new(),
+            finished: false,
+        };
+        // On failure `pending` drops here and destroys the dataset.
+        pending.path = cli::ensure_mounted(&pending.dataset)?;
+        Ok(Prepared::Pending(Box::new(pending)))
+    }
+
+    fn delete(&self, id: &StepId) -> Result<(), StoreError> {
+        let _lock = FileLock::acquire(&self.lock_path(id), LockMode::Exclusive)?;
+        cli::destroy(&self.result_dataset(id), false)
+    }
+
+    fn complete_deletes(&self) -> Result<(), StoreError> {
+        // `zfs destroy` returns once the space is accounted as free.
+        Ok(())
+    }
+
+    fn cache(&self, name: &str, uid: u32, gid: u32) -> Result<Box<dyn CacheLease + '_>, StoreError> {
+        Ok(Box::new(cache::lease(self, name, uid, gid)?))
+    }
+
+    fn delete_cache(&self, name: &str) -> Result<(), StoreError> {
+        cache::delete(self, name)
+    }
+
+    fn list_caches(&self) -> Result<Vec<String>, StoreError> {
+        cache::list(self)
+    }
+
+    fn disk_usage(&self) -> Result<DiskUsage, StoreError> {
+        // The pool's statvfs (zfs-fuse and OpenZFS both report the pool's space there).
+        let stat = nix::sys::statvfs::statvfs(&self.root)
+            .map_err(|e| StoreError::io(format!("statvfs {}", self.root.display()), e.into()))?;
+        let block = stat.fragment_size() as u64;
+        Ok(DiskUsage {
+            total_bytes: stat.blocks() as u64 * block,
+            free_bytes: stat.blocks_available() as u64 * block,
+        })
+    }
+}
+
+/// A committed item's rootfs: the dataset is `readonly=on`, so it is its own read-only view.
+struct DatasetRootfs(PathBuf);
+
+impl RootfsView for DatasetRootfs {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+struct ZfsPending<'a> {
+    store: &'a ZfsStore,
+    /// The per-id build lock, held until the item is committed or discarded.
+    _lock: FileLock,
+    id: StepId,
+    dataset: String,
+    path: PathBuf,
+    finished: bool,
+}
+
+impl ZfsPending<'_> {
+    fn publish(&mut self) -> Result<Committed, StoreError> {
+        let target = self.store.result_dataset(&self.id);
+        cli::snapshot(&format!("{}@snap", self.dataset))?;
+        cli::unmount(&self.dataset)?;
+        cli::set(&self.dataset, "readonly=on")?;
+        cli::rename(&self.dataset, &target)?;
+        // From here on the item is committed, whatever happens next.
+        self.finished = true;
+        let path = cli::ensure_mounted(&target)?;
+        let size_bytes = cli::bytes_property(&target, "used").unwrap_or(0);
+        Ok(Committed { path, size_bytes })
+    }
+}
+
+impl PendingItem for ZfsPending<'_> {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn commit(mut self: Box<Self>) -> Result<Committed, StoreError> {
+        self.publish()
+    }
+
+    fn abort(mut self: Box<Self>) -> Result<(), StoreError> {
+        self.finished = true;
+        cli::destroy(&self.dataset, false)
+    }
+}
+
+impl Drop for ZfsPending<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            if let Err(e) = cli::destroy(&self.dataset, false) {
+                tracing::warn!("discarding {}: {e}", self.dataset);
+            }
+        }
+    }
+}
