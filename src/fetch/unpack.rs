@@ -84,7 +84,12 @@ pub fn unpack_layer_with(
         io::copy(&mut raw, &mut io::sink()).map_err(|e| io_error("reading layer", e))?;
         Ok(unpacker.stats)
     })();
-    // A failed check explains a decompression or tar error better than the error itself.
+    if result.is_err() && !matches!(result, Err(FetchError::Cancelled(_))) {
+        // A blob that does not match its digest explains a decompression or tar error
+        // better than the error itself: read it to its end (bounded by the descriptor's
+        // size) so the check can speak.
+        let _ = io::copy(&mut raw, &mut io::sink());
+    }
     let failure = raw_check.failure().or_else(|| plain_check.and_then(|c| c.failure()));
     match failure {
         Some(BlobFailure::Cancelled) => Err(FetchError::Cancelled(label.to_owned())),
@@ -340,9 +345,13 @@ impl<'a> Unpacker<'a> {
 
     fn metadata<R: Read>(&self, raw_path: &[u8], entry: &mut tar::Entry<'_, R>) -> Result<Metadata, FetchError> {
         let header = entry.header();
-        let mode = header.mode().map_err(|e| self.entry_io(raw_path, "reading mode of", e))? & 0o7777;
-        let mut uid = header.uid().map_err(|e| self.entry_io(raw_path, "reading owner of", e))?;
-        let mut gid = header.gid().map_err(|e| self.entry_io(raw_path, "reading group of", e))?;
+        let old = header.as_old();
+        // An empty numeric field reads as 0, as in Go's archive/tar (some tools write them).
+        let mode = numeric(&old.mode, header.mode().map(u64::from))
+            .map_err(|e| self.entry_io(raw_path, "reading mode of", e))? as u32
+            & 0o7777;
+        let mut uid = numeric(&old.uid, header.uid()).map_err(|e| self.entry_io(raw_path, "reading owner of", e))?;
+        let mut gid = numeric(&old.gid, header.gid()).map_err(|e| self.entry_io(raw_path, "reading group of", e))?;
         let mut mtime = (header.mtime().unwrap_or(0) as i64, 0u32);
         let mut xattrs = Vec::new();
         if let Some(pax) = entry.pax_extensions().map_err(|e| self.entry_io(raw_path, "reading", e))? {
@@ -570,6 +579,14 @@ impl<'a> Unpacker<'a> {
             }
         }
     }
+}
+
+/// A tar numeric field: all NULs or spaces mean 0, anything else must parse.
+fn numeric(field: &[u8], parsed: io::Result<u64>) -> io::Result<u64> {
+    if field.iter().all(|&b| b == 0 || b == b' ') {
+        return Ok(0);
+    }
+    parsed
 }
 
 fn parse_decimal(value: &[u8]) -> Option<u64> {
