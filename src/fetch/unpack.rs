@@ -37,6 +37,7 @@ pub struct UnpackStats {
     pub entries: u64,
     /// Bytes of regular-file content written.
     pub bytes: u64,
+    /// Whiteout entries seen (opaque markers included).
     pub whiteouts: u64,
     /// Device nodes skipped because we are not root.
     pub skipped_devices: u64,
