@@ -45,12 +45,24 @@ fn fetch(image: &str) -> (tempfile::TempDir, Result<ImageConfig, FetchError>, St
 /// The busybox rootfs works: the binary runs and the applets are symlinks to it.
 fn assert_busybox(root: &Path) {
     let rootfs = root.join("rootfs");
-    let out = Command::new(rootfs.join("bin/busybox")).arg("echo").arg("hi").output().unwrap();
+    let out = Command::new(rootfs.join("bin/busybox"))
+        .arg("echo")
+        .arg("hi")
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
-    assert_eq!(std::fs::read_link(rootfs.join("bin/sh")).unwrap(), Path::new("/bin/busybox"));
-    assert!(std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap().starts_with("root:"));
+    assert_eq!(
+        std::fs::read_link(rootfs.join("bin/sh")).unwrap(),
+        Path::new("/bin/busybox")
+    );
+    assert!(std::fs::read_to_string(rootfs.join("etc/passwd"))
+        .unwrap()
+        .starts_with("root:"));
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(rootfs.join("tmp")).unwrap().permissions().mode() & 0o7777, 0o1777);
+    assert_eq!(
+        std::fs::metadata(rootfs.join("tmp")).unwrap().permissions().mode() & 0o7777,
+        0o1777
+    );
 }
 
 fn assert_busybox_env(config: &ImageConfig) {
@@ -102,7 +114,10 @@ fn pull_through_a_mirror() {
     assert!(log.contains("(mirror)"), "{log}");
 
     // The CLI's parser builds the same options from the environment variable.
-    std::env::set_var("STRATA_REGISTRY_MIRROR", format!("docker.io=http://{}", registry.addr()));
+    std::env::set_var(
+        "STRATA_REGISTRY_MIRROR",
+        format!("docker.io=http://{}", registry.addr()),
+    );
     let parsed = FetchOptions::from_cli(&[], &[]).unwrap();
     std::env::remove_var("STRATA_REGISTRY_MIRROR");
     assert_eq!(parsed.mirrors, options.mirrors);
@@ -196,7 +211,11 @@ fn skopeo(registry: &LocalRegistry, args: &[&str]) {
         .args(args)
         .output()
         .unwrap();
-    assert!(out.status.success(), "skopeo {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "skopeo {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -207,13 +226,27 @@ fn multi_platform_index_picks_the_host_platform() {
     let dest = format!("docker://{}/multi:latest", registry.addr());
     skopeo(
         &registry,
-        &["copy", "--quiet", "--all", "--dest-tls-verify=false", &format!("oci:{}:multi", layout.display()), &dest],
+        &[
+            "copy",
+            "--quiet",
+            "--all",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:multi", layout.display()),
+            &dest,
+        ],
     );
     let image = format!("{}/multi:latest", registry.addr());
     let (dir, result, log) = fetch(&image);
     let config = result.unwrap_or_else(|e| panic!("{e}\n{log}"));
-    assert_eq!(Platform::host().to_string(), "linux/amd64", "this test assumes an amd64 host");
-    assert_eq!(std::fs::read_to_string(dir.path().join("rootfs/arch")).unwrap(), "amd64");
+    assert_eq!(
+        Platform::host().to_string(),
+        "linux/amd64",
+        "this test assumes an amd64 host"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("rootfs/arch")).unwrap(),
+        "amd64"
+    );
     assert_eq!(config.env, vec![("ARCH".to_owned(), "amd64".to_owned())]);
     assert!(log.contains("index sha256:"), "{log}");
 
@@ -224,12 +257,18 @@ fn multi_platform_index_picks_the_host_platform() {
     };
     let (dir, result, log) = fetch_with(options.clone(), &image);
     result.unwrap_or_else(|e| panic!("{e}\n{log}"));
-    assert_eq!(std::fs::read_to_string(dir.path().join("rootfs/arch")).unwrap(), "arm64");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("rootfs/arch")).unwrap(),
+        "arm64"
+    );
 
     // The same index read straight from the OCI layout.
     let (dir, result, log) = fetch_with(options, &format!("oci:{}:multi", layout.display()));
     result.unwrap_or_else(|e| panic!("{e}\n{log}"));
-    assert_eq!(std::fs::read_to_string(dir.path().join("rootfs/arch")).unwrap(), "arm64");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("rootfs/arch")).unwrap(),
+        "arm64"
+    );
 
     // A platform nobody offers is a clear error.
     let options = FetchOptions {
@@ -245,7 +284,10 @@ fn multi_platform_index_picks_the_host_platform() {
 fn offline_sources_oci_layout_and_docker_archive() {
     let image = BusyboxImage::create().unwrap();
     let layout = image.path();
-    for reference in [format!("oci:{}:latest", layout.display()), format!("oci:{}", layout.display())] {
+    for reference in [
+        format!("oci:{}:latest", layout.display()),
+        format!("oci:{}", layout.display()),
+    ] {
         let (dir, result, log) = fetch(&reference);
         let config = result.unwrap_or_else(|e| panic!("{reference}: {e}\n{log}"));
         assert_busybox(dir.path());
@@ -288,11 +330,17 @@ fn offline_sources_oci_layout_and_docker_archive() {
     let out = Command::new("cp").arg("-a").arg(&layout).arg(&copy).output().unwrap();
     assert!(out.status.success());
     let manifest: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(copy.join("blobs/sha256").join(manifest_digest.trim_start_matches("sha256:"))).unwrap(),
+        &std::fs::read(
+            copy.join("blobs/sha256")
+                .join(manifest_digest.trim_start_matches("sha256:")),
+        )
+        .unwrap(),
     )
     .unwrap();
     let layer_digest = manifest["layers"][0]["digest"].as_str().unwrap().to_owned();
-    let blob = copy.join("blobs/sha256").join(layer_digest.trim_start_matches("sha256:"));
+    let blob = copy
+        .join("blobs/sha256")
+        .join(layer_digest.trim_start_matches("sha256:"));
     let mut bytes = std::fs::read(&blob).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0xff;
@@ -350,7 +398,10 @@ struct Blob {
 }
 
 fn fake_registry(fault: Fault) -> FakeRegistry {
-    let layer = tar_gz(&[("hello", b"hello from the fake registry\n"), ("big", &vec![7u8; 200_000])]);
+    let layer = tar_gz(&[
+        ("hello", b"hello from the fake registry\n"),
+        ("big", &vec![7u8; 200_000]),
+    ]);
     let config = serde_json::json!({"architecture": "amd64", "os": "linux", "config": {"Env": ["A=b"]}}).to_string();
     let config = config.into_bytes();
     let manifest = serde_json::json!({
@@ -400,8 +451,17 @@ fn fake_registry(fault: Fault) -> FakeRegistry {
     }
 }
 
-fn respond(stream: &mut TcpStream, status: &str, headers: &[(&str, String)], body: &[u8], send: usize) -> std::io::Result<()> {
-    let mut head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+    send: usize,
+) -> std::io::Result<()> {
+    let mut head = format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -424,14 +484,29 @@ fn serve(mut stream: TcpStream, blobs: &[Blob], fault: Fault) -> std::io::Result
     let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_owned();
     let path = path.split('?').next().unwrap_or("").to_owned();
     if path == "/v2/" {
-        return respond(&mut stream, "200 OK", &[("Content-Type", "application/json".into())], b"{}", usize::MAX);
+        return respond(
+            &mut stream,
+            "200 OK",
+            &[("Content-Type", "application/json".into())],
+            b"{}",
+            usize::MAX,
+        );
     }
     if path.contains("/manifests/") {
         if fault == Fault::ServerError {
-            return respond(&mut stream, "500 Internal Server Error", &[], b"the disk is on fire", usize::MAX);
+            return respond(
+                &mut stream,
+                "500 Internal Server Error",
+                &[],
+                b"the disk is on fire",
+                usize::MAX,
+            );
         }
         let m = &blobs[0];
-        let headers = [("Content-Type", m.content_type.into()), ("Docker-Content-Digest", m.digest.clone())];
+        let headers = [
+            ("Content-Type", m.content_type.into()),
+            ("Docker-Content-Digest", m.digest.clone()),
+        ];
         return respond(&mut stream, "200 OK", &headers, &m.bytes, usize::MAX);
     }
     if let Some(digest) = path.split("/blobs/").nth(1) {
@@ -453,10 +528,24 @@ fn serve(mut stream: TcpStream, blobs: &[Blob], fault: Fault) -> std::io::Result
             return respond(&mut stream, "200 OK", &headers, &body, send);
         }
     }
-    respond(&mut stream, "404 Not Found", &[("Content-Type", "application/json".into())], br#"{"errors":[{"code":"NOT_FOUND","message":"unknown"}]}"#, usize::MAX)
+    respond(
+        &mut stream,
+        "404 Not Found",
+        &[("Content-Type", "application/json".into())],
+        br#"{"errors":[{"code":"NOT_FOUND","message":"unknown"}]}"#,
+        usize::MAX,
+    )
 }
 
-fn fake_fetch(fault: Fault) -> (FakeRegistry, PathBuf, tempfile::TempDir, Result<ImageConfig, FetchError>, String) {
+fn fake_fetch(
+    fault: Fault,
+) -> (
+    FakeRegistry,
+    PathBuf,
+    tempfile::TempDir,
+    Result<ImageConfig, FetchError>,
+    String,
+) {
     let fake = fake_registry(fault);
     let image = format!("{}/crafted/image:latest", fake.addr);
     let (dir, result, log) = fetch(&image);
@@ -469,7 +558,10 @@ fn fake_registry_sanity() {
     let (_fake, rootfs, _dir, result, log) = fake_fetch(Fault::None);
     let config = result.unwrap_or_else(|e| panic!("{e}\n{log}"));
     assert_eq!(config.env, vec![("A".to_owned(), "b".to_owned())]);
-    assert_eq!(std::fs::read_to_string(rootfs.join("hello")).unwrap(), "hello from the fake registry\n");
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("hello")).unwrap(),
+        "hello from the fake registry\n"
+    );
 }
 
 #[test]

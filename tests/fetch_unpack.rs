@@ -133,7 +133,11 @@ fn walk(dir: &Path, skip: &Path, out: &mut BTreeMap<PathBuf, (u64, Vec<u8>)>) {
             continue;
         }
         let meta = std::fs::symlink_metadata(&path).unwrap();
-        let content = if meta.is_file() { std::fs::read(&path).unwrap() } else { Vec::new() };
+        let content = if meta.is_file() {
+            std::fs::read(&path).unwrap()
+        } else {
+            Vec::new()
+        };
         out.insert(path.clone(), (meta.nlink(), content));
         if meta.is_dir() {
             walk(&path, skip, out);
@@ -168,7 +172,8 @@ fn dotdot_entries_are_refused() {
 fn dotdot_that_stays_inside_is_applied_in_place() {
     let sb = Sandbox::new();
     let before = sb.outside();
-    sb.unpack(Layer::new().dir("a", 0o755).file("a/../b", b"x").bytes()).unwrap();
+    sb.unpack(Layer::new().dir("a", 0o755).file("a/../b", b"x").bytes())
+        .unwrap();
     assert_eq!(std::fs::read(sb.rootfs().join("b")).unwrap(), b"x");
     assert_eq!(before, sb.outside());
 }
@@ -180,7 +185,10 @@ fn absolute_paths_are_taken_inside_the_rootfs() {
     let name = format!("/tmp/strata-escape-{}", std::process::id());
     sb.unpack(Layer::new().file(&name, b"inside").bytes()).unwrap();
     assert!(!Path::new(&name).exists(), "{name} written on the host");
-    assert_eq!(std::fs::read(sb.rootfs().join(name.trim_start_matches('/'))).unwrap(), b"inside");
+    assert_eq!(
+        std::fs::read(sb.rootfs().join(name.trim_start_matches('/'))).unwrap(),
+        b"inside"
+    );
     assert_eq!(before, sb.outside());
 }
 
@@ -200,7 +208,10 @@ fn writes_through_an_absolute_symlink_stay_inside() {
     sb.unpack(layer).unwrap();
     assert_eq!(std::fs::read(sb.rootfs().join("etc/passwd")).unwrap(), b"pwned\n");
     assert_eq!(std::fs::read(sb.rootfs().join("etc/newfile")).unwrap(), b"new\n");
-    assert_eq!(std::fs::read_link(sb.rootfs().join("hostetc")).unwrap(), Path::new("/etc"));
+    assert_eq!(
+        std::fs::read_link(sb.rootfs().join("hostetc")).unwrap(),
+        Path::new("/etc")
+    );
     assert_eq!(host_passwd, host_file_state("/etc/passwd"), "host /etc/passwd changed");
     assert!(!Path::new("/etc/newfile").exists());
     assert_eq!(before, sb.outside());
@@ -212,7 +223,10 @@ fn symlink_to_the_real_outside_path_is_refused_or_contained() {
     let before = sb.outside();
     // An absolute symlink to the sandbox's real directory, and a relative one climbing out.
     let target = sb.base.path().display().to_string();
-    let layer = Layer::new().symlink("evil", &target).file("evil/victim", b"pwned").bytes();
+    let layer = Layer::new()
+        .symlink("evil", &target)
+        .file("evil/victim", b"pwned")
+        .bytes();
     let result = sb.unpack(layer);
     if let Err(e) = &result {
         assert!(matches!(e, FetchError::Unsafe { .. }), "{e}");
@@ -258,7 +272,11 @@ fn hard_links_to_host_files_are_refused() {
         let layer = Layer::new().symlink("evil", "/etc").hardlink(name, target).bytes();
         assert_unsafe(sb.unpack(layer), name);
         assert_eq!(before, sb.outside());
-        assert_eq!(hostname, host_file_state("/etc/hostname"), "host /etc/hostname gained a link");
+        assert_eq!(
+            hostname,
+            host_file_state("/etc/hostname"),
+            "host /etc/hostname gained a link"
+        );
     }
     // A hard link to the image's own /etc/hostname links inside the rootfs.
     let sb = Sandbox::new();
@@ -299,7 +317,10 @@ fn whiteouts_and_opaque_directories() {
         .file("nodir/.wh.nothing", b"")
         .bytes();
     let stats = sb.unpack(upper).unwrap();
-    assert_eq!(stats.whiteouts, 4, "whiteout entries seen, the one under a missing dir included");
+    assert_eq!(
+        stats.whiteouts, 4,
+        "whiteout entries seen, the one under a missing dir included"
+    );
     let root = sb.rootfs();
     assert!(!root.join("a/file1").exists());
     assert!(root.join("a/file2").exists());
@@ -352,14 +373,20 @@ fn metadata_is_kept() {
     assert_eq!(d.mtime(), 1_600_000_000, "directory mtime restored after its children");
     // xattrs are best-effort: required only where the filesystem takes user xattrs.
     if xattr_supported(&root) {
-        assert_eq!(xattr_get(&root.join("xattr"), "user.strata").as_deref(), Some(&b"kept"[..]));
+        assert_eq!(
+            xattr_get(&root.join("xattr"), "user.strata").as_deref(),
+            Some(&b"kept"[..])
+        );
     }
     let null = std::fs::symlink_metadata(root.join("null")).unwrap();
     if strata_testkit::is_root() {
         assert!(null.file_type().is_char_device());
         assert_eq!(null.rdev(), libc::makedev(1, 3));
     }
-    assert!(std::fs::symlink_metadata(root.join("fifo")).unwrap().file_type().is_fifo());
+    assert!(std::fs::symlink_metadata(root.join("fifo"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
 }
 
 fn xattr_supported(dir: &Path) -> bool {
@@ -432,7 +459,9 @@ fn compressed_layers() {
     }
     // Garbage is an error, not an empty layer.
     let sb = Sandbox::new();
-    assert!(sb.unpack(b"this is not a tar stream at all, not even close..".repeat(20)).is_err());
+    assert!(sb
+        .unpack(b"this is not a tar stream at all, not even close..".repeat(20))
+        .is_err());
 }
 
 mod fuzz {

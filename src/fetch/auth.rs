@@ -45,8 +45,7 @@ pub fn credentials_for(config: &Path, registry: &str) -> Result<Option<(String, 
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("reading {}: {e}", config.display())),
     };
-    let parsed: DockerConfig =
-        serde_json::from_str(&text).map_err(|e| format!("parsing {}: {e}", config.display()))?;
+    let parsed: DockerConfig = serde_json::from_str(&text).map_err(|e| format!("parsing {}: {e}", config.display()))?;
     let wanted = normalize_registry(registry);
     for (key, entry) in parsed.auths {
         if key_to_registry(&key) != wanted {
@@ -56,8 +55,8 @@ pub fn credentials_for(config: &Path, registry: &str) -> Result<Option<(String, 
             let decoded = base64::engine::general_purpose::STANDARD
                 .decode(auth.trim())
                 .map_err(|e| format!("{}: auth for {key} is not base64: {e}", config.display()))?;
-            let decoded = String::from_utf8(decoded)
-                .map_err(|_| format!("{}: auth for {key} is not UTF-8", config.display()))?;
+            let decoded =
+                String::from_utf8(decoded).map_err(|_| format!("{}: auth for {key} is not UTF-8", config.display()))?;
             let Some((user, password)) = decoded.split_once(':') else {
                 return Err(format!("{}: auth for {key} is not user:password", config.display()));
             };

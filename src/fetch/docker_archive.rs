@@ -187,7 +187,10 @@ pub(crate) fn fetch(
     let config_digest = sha256_digest(&config_bytes);
     match digest_in_name(&chosen.config) {
         Some(expected) => verify_bytes(&config_bytes, &expected).map_err(|e| unavailable(image, e))?,
-        None => line(log, &format!("note: config {} carries no digest to check", chosen.config)),
+        None => line(
+            log,
+            &format!("note: config {} carries no digest to check", chosen.config),
+        ),
     }
     let config = parse_config(&config_bytes, image)?;
     if config.diff_ids.len() != chosen.layers.len() {
@@ -237,7 +240,10 @@ mod tests {
         assert_eq!(clean("./a/../b/layer.tar"), "b/layer.tar");
         let hex = "ab".repeat(32);
         assert_eq!(digest_in_name(&format!("{hex}.json")), Some(format!("sha256:{hex}")));
-        assert_eq!(digest_in_name(&format!("blobs/sha256/{hex}")), Some(format!("sha256:{hex}")));
+        assert_eq!(
+            digest_in_name(&format!("blobs/sha256/{hex}")),
+            Some(format!("sha256:{hex}"))
+        );
         assert_eq!(digest_in_name("config.json"), None);
         assert!(tag_matches(&["docker.io/library/busybox:latest".into()], "busybox"));
         assert!(tag_matches(&["busybox:latest".into()], "busybox:latest"));

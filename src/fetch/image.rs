@@ -80,9 +80,9 @@ impl std::str::FromStr for Platform {
 /// right OS and architecture.
 pub fn select_platform<'a>(entries: &'a [ImageIndexEntry], platform: &Platform) -> Option<&'a ImageIndexEntry> {
     let candidates = entries.iter().filter(|e| {
-        e.platform.as_ref().is_some_and(|p| {
-            platform.matches(&p.os.to_string(), &p.architecture.to_string(), p.variant.as_deref())
-        })
+        e.platform
+            .as_ref()
+            .is_some_and(|p| platform.matches(&p.os.to_string(), &p.architecture.to_string(), p.variant.as_deref()))
     });
     let mut first = None;
     for entry in candidates {
@@ -159,7 +159,9 @@ pub fn parse_config(bytes: &[u8], reference: &str) -> Result<ParsedConfig, Fetch
     let mut env = Vec::new();
     for entry in run.env.unwrap_or_default() {
         let Some((key, value)) = entry.split_once('=') else {
-            return Err(unavailable(format!("the image config's env entry {entry:?} has no `=`")));
+            return Err(unavailable(format!(
+                "the image config's env entry {entry:?} has no `=`"
+            )));
         };
         env.push((key.to_owned(), value.to_owned()));
     }

@@ -35,7 +35,10 @@ pub fn parse_mirror(value: &str) -> Result<(String, String), FetchError> {
     let registry = registry.trim();
     let url = url.trim();
     if registry.is_empty() || registry.contains('/') {
-        return Err(invalid(value, "the registry before `=` must be a host name such as docker.io"));
+        return Err(invalid(
+            value,
+            "the registry before `=` must be a host name such as docker.io",
+        ));
     }
     split_url(url).map_err(|reason| invalid(value, reason))?;
     Ok((normalize_registry(registry), url.trim_end_matches('/').to_owned()))
@@ -120,7 +123,13 @@ mod tests {
             ("docker.io".to_owned(), "http://127.0.0.1:5000".to_owned())
         );
         assert_eq!(parse_mirror("index.docker.io=mirror.example").unwrap().0, "docker.io");
-        for bad in ["docker.io", "=http://x", "docker.io=", "docker.io=ftp://x", "docker.io=http://x/path"] {
+        for bad in [
+            "docker.io",
+            "=http://x",
+            "docker.io=",
+            "docker.io=ftp://x",
+            "docker.io=http://x/path",
+        ] {
             assert!(parse_mirror(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -129,9 +129,15 @@ impl Fetcher for ImageFetcher {
         }
         match parse_source(image)? {
             ImageSource::Registry(reference) => registry::fetch(&self.options, &reference, image, rootfs, log, cancel),
-            ImageSource::OciLayout { path, tag } => {
-                oci_layout::fetch(&path, tag.as_deref(), &self.options.platform, image, rootfs, log, cancel)
-            }
+            ImageSource::OciLayout { path, tag } => oci_layout::fetch(
+                &path,
+                tag.as_deref(),
+                &self.options.platform,
+                image,
+                rootfs,
+                log,
+                cancel,
+            ),
             ImageSource::DockerArchive { path, image: name } => {
                 docker_archive::fetch(&path, name.as_deref(), image, rootfs, log, cancel)
             }

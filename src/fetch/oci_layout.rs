@@ -50,7 +50,10 @@ impl Layout<'_> {
             .read_to_end(&mut bytes)
             .map_err(|e| unavailable(self.image, format!("reading {}: {e}", path.display())))?;
         if bytes.len() as u64 > MAX_METADATA_BYTES {
-            return Err(unavailable(self.image, format!("{} is larger than 16 MiB", path.display())));
+            return Err(unavailable(
+                self.image,
+                format!("{} is larger than 16 MiB", path.display()),
+            ));
         }
         Ok(bytes)
     }
@@ -67,13 +70,21 @@ impl Layout<'_> {
     }
 }
 
-fn pick_tagged<'a>(index: &'a OciImageIndex, tag: Option<&str>, image: &str) -> Result<&'a ImageIndexEntry, FetchError> {
+fn pick_tagged<'a>(
+    index: &'a OciImageIndex,
+    tag: Option<&str>,
+    image: &str,
+) -> Result<&'a ImageIndexEntry, FetchError> {
     let tag_of = |e: &ImageIndexEntry| e.annotations.as_ref().and_then(|a| a.get(REF_NAME)).cloned();
     match tag {
-        Some(tag) => index.manifests.iter().find(|e| tag_of(e).as_deref() == Some(tag)).ok_or_else(|| {
-            let tags: Vec<String> = index.manifests.iter().filter_map(tag_of).collect();
-            unavailable(image, format!("no image tagged {tag:?} (tags: {})", tags.join(", ")))
-        }),
+        Some(tag) => index
+            .manifests
+            .iter()
+            .find(|e| tag_of(e).as_deref() == Some(tag))
+            .ok_or_else(|| {
+                let tags: Vec<String> = index.manifests.iter().filter_map(tag_of).collect();
+                unavailable(image, format!("no image tagged {tag:?} (tags: {})", tags.join(", ")))
+            }),
         None => match index.manifests.as_slice() {
             [only] => Ok(only),
             [] => Err(unavailable(image, "the layout holds no image")),
@@ -122,7 +133,10 @@ pub(crate) fn fetch(
                     ),
                 ));
             };
-            line(log, &format!("index {}: {platform} manifest {}", descriptor.digest, entry.digest));
+            line(
+                log,
+                &format!("index {}: {platform} manifest {}", descriptor.digest, entry.digest),
+            );
             descriptor = entry.clone();
             continue;
         }
@@ -139,7 +153,8 @@ pub(crate) fn fetch(
         }
         check_layer_media_type(&layer.media_type).map_err(|e| unavailable(image, e))?;
         let blob = layout.blob_path(&layer.digest)?;
-        let file = File::open(&blob).map_err(|e| unavailable(image, format!("opening layer {}: {e}", blob.display())))?;
+        let file =
+            File::open(&blob).map_err(|e| unavailable(image, format!("opening layer {}: {e}", blob.display())))?;
         let size = u64::try_from(layer.size).ok();
         let mut progress = LayerProgress::start(log, index, total, &layer.digest, size);
         let check = LayerCheck {

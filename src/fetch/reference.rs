@@ -69,7 +69,9 @@ pub fn parse_registry_reference(image: &str) -> Result<Reference, FetchError> {
     if image.trim() != image || image.is_empty() {
         return Err(invalid(image, "empty or surrounded by whitespace"));
     }
-    let reference: Reference = image.parse().map_err(|e: oci_client::ParseError| invalid(image, e.to_string()))?;
+    let reference: Reference = image
+        .parse()
+        .map_err(|e: oci_client::ParseError| invalid(image, e.to_string()))?;
     if let Some(digest) = reference.digest() {
         super::digest::sha256_hex_of(digest).map_err(|e| invalid(image, e))?;
     }
@@ -99,7 +101,9 @@ pub fn is_loopback_host(host_port: &str) -> bool {
     if host.eq_ignore_ascii_case("localhost") {
         return true;
     }
-    host.parse::<std::net::IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false)
+    host.parse::<std::net::IpAddr>()
+        .map(|ip| ip.is_loopback())
+        .unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -182,7 +186,14 @@ mod tests {
 
     #[test]
     fn loopback_hosts() {
-        for host in ["127.0.0.1:5000", "127.1.2.3", "localhost:80", "LOCALHOST", "[::1]:5000", "::1"] {
+        for host in [
+            "127.0.0.1:5000",
+            "127.1.2.3",
+            "localhost:80",
+            "LOCALHOST",
+            "[::1]:5000",
+            "::1",
+        ] {
             assert!(is_loopback_host(host), "{host}");
         }
         for host in ["10.0.0.1:5000", "docker.io", "localhost.example.com", "[::2]:1"] {

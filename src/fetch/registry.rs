@@ -49,7 +49,9 @@ fn network_reference(reference: &Reference, endpoint: &Endpoint) -> Reference {
     let host = endpoint.host.clone();
     let repository = reference.repository().to_owned();
     match (reference.tag(), reference.digest()) {
-        (Some(tag), Some(digest)) => Reference::with_tag_and_digest(host, repository, tag.to_owned(), digest.to_owned()),
+        (Some(tag), Some(digest)) => {
+            Reference::with_tag_and_digest(host, repository, tag.to_owned(), digest.to_owned())
+        }
         (None, Some(digest)) => Reference::with_digest(host, repository, digest.to_owned()),
         (tag, None) => Reference::with_tag(host, repository, tag.unwrap_or("latest").to_owned()),
     }
@@ -99,9 +101,16 @@ pub(crate) fn fetch(
     let mirrored = endpoint.host != reference.resolve_registry();
     let scheme = if endpoint.http { "http" } else { "https" };
     let via = if mirrored { " (mirror)" } else { "" };
-    line(log, &format!("pulling {} from {scheme}://{}{via}", reference.whole(), endpoint.host));
+    line(
+        log,
+        &format!("pulling {} from {scheme}://{}{via}", reference.whole(), endpoint.host),
+    );
 
-    let auth_host = if mirrored { endpoint.host.clone() } else { reference.registry().to_owned() };
+    let auth_host = if mirrored {
+        endpoint.host.clone()
+    } else {
+        reference.registry().to_owned()
+    };
     let auth = registry_auth(options, &auth_host, log);
     let client_config = ClientConfig {
         protocol: if endpoint.http {
@@ -113,8 +122,8 @@ pub(crate) fn fetch(
         read_timeout: Some(Duration::from_secs(60)),
         ..ClientConfig::default()
     };
-    let client =
-        Client::try_from(client_config).map_err(|e| unavailable(image, format!("cannot set up the HTTP client: {e}")))?;
+    let client = Client::try_from(client_config)
+        .map_err(|e| unavailable(image, format!("cannot set up the HTTP client: {e}")))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -134,7 +143,10 @@ pub(crate) fn fetch(
     if !CONFIG_MEDIA_TYPES.contains(&manifest.config.media_type.as_str()) {
         return Err(unavailable(
             image,
-            format!("not a container image (config media type {:?})", manifest.config.media_type),
+            format!(
+                "not a container image (config media type {:?})",
+                manifest.config.media_type
+            ),
         ));
     }
     let config_bytes = runtime.block_on(pull.config(&manifest))?;
@@ -160,9 +172,8 @@ pub(crate) fn fetch(
         let (tx, rx) = tokio::sync::mpsc::channel(CHANNEL_DEPTH);
         let (download, unpacked) = std::thread::scope(|scope| {
             let check = &check;
-            let unpacker = scope.spawn(move || {
-                unpack_layer_with(ChannelReader::new(rx), rootfs, check, image, Some(cancel))
-            });
+            let unpacker =
+                scope.spawn(move || unpack_layer_with(ChannelReader::new(rx), rootfs, check, image, Some(cancel)));
             let download = runtime.block_on(pull.layer(&layer.digest, size, tx, &mut progress));
             let unpacked = unpacker
                 .join()
@@ -184,7 +195,10 @@ pub(crate) fn fetch(
 
 /// Which failure explains a layer best: a cancellation, then a failed digest or size
 /// check (the unpacker's `Unavailable`), then the transfer, then the unpacker.
-fn combine(download: Result<(), FetchError>, unpacked: Result<UnpackStats, FetchError>) -> Result<UnpackStats, FetchError> {
+fn combine(
+    download: Result<(), FetchError>,
+    unpacked: Result<UnpackStats, FetchError>,
+) -> Result<UnpackStats, FetchError> {
     match (download, unpacked) {
         (Err(e @ FetchError::Cancelled(_)), _) | (_, Err(e @ FetchError::Cancelled(_))) => Err(e),
         (_, Err(e @ FetchError::Unavailable { .. })) => Err(e),
@@ -208,10 +222,18 @@ impl Pull<'_> {
 
     /// The image manifest for our platform, and the digest the reference resolved to
     /// (the index's when the reference names an index).
-    async fn manifest(&self, options: &FetchOptions, log: &dyn LogSink) -> Result<(OciImageManifest, String), FetchError> {
-        let (manifest, digest) = cancellable(self.cancel, self.image, self.client.pull_manifest(self.net_ref, self.auth))
-            .await?
-            .map_err(|e| self.registry_error("fetching the manifest", e))?;
+    async fn manifest(
+        &self,
+        options: &FetchOptions,
+        log: &dyn LogSink,
+    ) -> Result<(OciImageManifest, String), FetchError> {
+        let (manifest, digest) = cancellable(
+            self.cancel,
+            self.image,
+            self.client.pull_manifest(self.net_ref, self.auth),
+        )
+        .await?
+        .map_err(|e| self.registry_error("fetching the manifest", e))?;
         match manifest {
             OciManifest::Image(manifest) => {
                 line(log, &format!("manifest {digest}"));
@@ -232,9 +254,13 @@ impl Pull<'_> {
                 line(log, &format!("index {digest}: {platform} manifest {}", entry.digest));
                 // Pulling by digest makes the client verify the manifest against it.
                 let by_digest = self.net_ref.clone_with_digest(entry.digest.clone());
-                let (manifest, _) = cancellable(self.cancel, self.image, self.client.pull_manifest(&by_digest, self.auth))
-                    .await?
-                    .map_err(|e| self.registry_error("fetching the platform manifest", e))?;
+                let (manifest, _) = cancellable(
+                    self.cancel,
+                    self.image,
+                    self.client.pull_manifest(&by_digest, self.auth),
+                )
+                .await?
+                .map_err(|e| self.registry_error("fetching the platform manifest", e))?;
                 match manifest {
                     OciManifest::Image(manifest) => Ok((manifest, digest)),
                     OciManifest::ImageIndex(_) => Err(unavailable(
@@ -249,15 +275,22 @@ impl Pull<'_> {
     async fn config(&self, manifest: &OciImageManifest) -> Result<Vec<u8>, FetchError> {
         let digest = manifest.config.digest.as_str();
         sha256_hex_of(digest).map_err(|e| unavailable(self.image, e))?;
-        let mut stream = cancellable(self.cancel, self.image, self.client.pull_blob_stream(self.net_ref, digest))
-            .await?
-            .map_err(|e| self.registry_error(&format!("fetching the config {digest}"), e))?;
+        let mut stream = cancellable(
+            self.cancel,
+            self.image,
+            self.client.pull_blob_stream(self.net_ref, digest),
+        )
+        .await?
+        .map_err(|e| self.registry_error(&format!("fetching the config {digest}"), e))?;
         let mut bytes = Vec::new();
         while let Some(chunk) = cancellable(self.cancel, self.image, stream.next()).await? {
             // A digest failure reported by the client is re-checked below with our message.
             let Ok(chunk) = chunk else { break };
             if bytes.len() + chunk.len() > MAX_CONFIG_BYTES {
-                return Err(unavailable(self.image, format!("the config {digest} is larger than 16 MiB")));
+                return Err(unavailable(
+                    self.image,
+                    format!("the config {digest} is larger than 16 MiB"),
+                ));
             }
             bytes.extend_from_slice(&chunk);
         }
@@ -275,9 +308,13 @@ impl Pull<'_> {
         tx: tokio::sync::mpsc::Sender<Result<Bytes, String>>,
         progress: &mut LayerProgress<'_>,
     ) -> Result<(), FetchError> {
-        let mut stream = cancellable(self.cancel, self.image, self.client.pull_blob_stream(self.net_ref, digest))
-            .await?
-            .map_err(|e| self.registry_error(&format!("fetching layer {}", short_digest(digest)), e))?;
+        let mut stream = cancellable(
+            self.cancel,
+            self.image,
+            self.client.pull_blob_stream(self.net_ref, digest),
+        )
+        .await?
+        .map_err(|e| self.registry_error(&format!("fetching layer {}", short_digest(digest)), e))?;
         let mut received: u64 = 0;
         loop {
             match cancellable(self.cancel, self.image, stream.next()).await? {
@@ -349,7 +386,10 @@ mod tests {
             host: "127.0.0.1:5000".into(),
             http: true,
         };
-        assert_eq!(network_reference(&r, &e).whole(), "127.0.0.1:5000/library/busybox:latest");
+        assert_eq!(
+            network_reference(&r, &e).whole(),
+            "127.0.0.1:5000/library/busybox:latest"
+        );
         let d = format!("sha256:{}", "0".repeat(64));
         let r = parse_registry_reference(&format!("quay.io/a/b@{d}")).unwrap();
         assert_eq!(network_reference(&r, &e).whole(), format!("127.0.0.1:5000/a/b@{d}"));
@@ -366,7 +406,10 @@ mod tests {
             context: "c".into(),
             source: io::Error::other("x"),
         };
-        assert!(matches!(combine(Err(u()), Err(io())), Err(FetchError::Unavailable { .. })));
+        assert!(matches!(
+            combine(Err(u()), Err(io())),
+            Err(FetchError::Unavailable { .. })
+        ));
         assert!(matches!(combine(Ok(()), Err(io())), Err(FetchError::Io { .. })));
     }
 }

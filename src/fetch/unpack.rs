@@ -216,7 +216,11 @@ impl<'a> Unpacker<'a> {
 
     fn entry_io(&self, entry: &[u8], what: &str, source: io::Error) -> FetchError {
         io_error(
-            &format!("{what} layer entry {:?} of {}", String::from_utf8_lossy(entry), self.label),
+            &format!(
+                "{what} layer entry {:?} of {}",
+                String::from_utf8_lossy(entry),
+                self.label
+            ),
             source,
         )
     }
@@ -270,7 +274,8 @@ impl<'a> Unpacker<'a> {
         match kind {
             T::Regular | T::Continuous | T::GNUSparse => {
                 self.make_room(&raw_path, parent, &name, false)?;
-                let mut file = fsat::create_file_at(parent, &name).map_err(|e| self.entry_io(&raw_path, "creating", e))?;
+                let mut file =
+                    fsat::create_file_at(parent, &name).map_err(|e| self.entry_io(&raw_path, "creating", e))?;
                 self.copy_contents(&raw_path, &mut entry, &mut file)?;
                 self.apply_metadata(&raw_path, file.as_fd(), &meta)?;
                 fsat::futimes(file.as_fd(), meta.mtime.0, meta.mtime.1)
@@ -355,7 +360,10 @@ impl<'a> Unpacker<'a> {
         let mut gid = numeric(&old.gid, header.gid()).map_err(|e| self.entry_io(raw_path, "reading group of", e))?;
         let mut mtime = (header.mtime().unwrap_or(0) as i64, 0u32);
         let mut xattrs = Vec::new();
-        if let Some(pax) = entry.pax_extensions().map_err(|e| self.entry_io(raw_path, "reading", e))? {
+        if let Some(pax) = entry
+            .pax_extensions()
+            .map_err(|e| self.entry_io(raw_path, "reading", e))?
+        {
             for ext in pax {
                 let ext = ext.map_err(|e| self.entry_io(raw_path, "reading", e))?;
                 let key = ext.key_bytes();
@@ -433,7 +441,13 @@ impl<'a> Unpacker<'a> {
 
     /// Clears `name` for a new entry. Returns true when an existing directory was kept
     /// (a directory entry over a directory merges into it).
-    fn make_room(&mut self, raw_path: &[u8], parent: BorrowedFd<'_>, name: &CStr, keep_dir: bool) -> Result<bool, FetchError> {
+    fn make_room(
+        &mut self,
+        raw_path: &[u8],
+        parent: BorrowedFd<'_>,
+        name: &CStr,
+        keep_dir: bool,
+    ) -> Result<bool, FetchError> {
         match fsat::lstat_at(parent, name).map_err(|e| self.entry_io(raw_path, "inspecting", e))? {
             None => Ok(false),
             Some(st) if keep_dir && fsat::is_dir(&st) => Ok(true),
@@ -458,7 +472,8 @@ impl<'a> Unpacker<'a> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(io_error("reading layer", e)),
             };
-            file.write_all(&self.buffer[..n]).map_err(|e| self.entry_io(raw_path, "writing", e))?;
+            file.write_all(&self.buffer[..n])
+                .map_err(|e| self.entry_io(raw_path, "writing", e))?;
             self.stats.bytes += n as u64;
         }
     }
@@ -469,7 +484,9 @@ impl<'a> Unpacker<'a> {
         }
         if !self.chown_warned {
             self.chown_warned = true;
-            self.stats.notes.push("not running as root: file ownership from the image is not kept".to_owned());
+            self.stats
+                .notes
+                .push("not running as root: file ownership from the image is not kept".to_owned());
         }
         Ok(())
     }
@@ -524,7 +541,8 @@ impl<'a> Unpacker<'a> {
             Err(e) => return Err(self.entry_io(raw_path, "resolving the target of", e)),
         }
         self.make_room(raw_path, parent, name, false)?;
-        fsat::link_at(target_dir.as_fd(), &target_name, parent, name).map_err(|e| self.entry_io(raw_path, "creating", e))
+        fsat::link_at(target_dir.as_fd(), &target_name, parent, name)
+            .map_err(|e| self.entry_io(raw_path, "creating", e))
     }
 
     fn whiteout(&mut self, raw_path: &[u8], comps: &[Vec<u8>]) -> Result<(), FetchError> {
