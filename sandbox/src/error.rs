@@ -3,6 +3,12 @@
 pub enum SandboxError {
     #[error("OCI runtime {0:?} not found (install runc or crun, or pass --runtime PATH)")]
     RuntimeMissing(String),
+    #[error("OCI runtime {runtime} version {version} is too old (need {minimum} or newer)")]
+    RuntimeTooOld {
+        runtime: String,
+        version: String,
+        minimum: String,
+    },
     #[error("OCI runtime {runtime} failed: {stderr}")]
     Runtime { runtime: String, stderr: String },
     #[error("{context}: {source}")]

@@ -8,15 +8,23 @@
 //! written into the rootfs.
 
 pub mod cancel;
+pub mod cleanup;
 pub mod config;
 pub mod error;
+pub mod host;
+pub mod names;
+pub mod oci_config;
+pub mod output;
 pub mod runtime;
+pub mod runtime_cli;
+pub mod secrets;
 
 use std::path::Path;
 
 pub use cancel::Cancel;
 pub use config::{BindMount, Limits, Network, RunConfig, SecretMount};
 pub use error::SandboxError;
+pub use runtime::{OciSandbox, OciSandboxOptions, RuntimeVersion};
 
 /// Where a step's merged output goes (the builder writes it to the step's log file and
 /// streams it to every client watching the step).

@@ -1,1 +1,484 @@
-//! The OCI runtime backend (runc or crun). (To be written.)
+//! The OCI runtime backend: runs each step with `runc run` or `crun run` in a bundle of its own.
+//!
+//! Per step: a bundle `<bundle parent>/strata-<owner>-<n>` (mode 0700) holding `config.json`,
+//! `hosts`, the runtime's own log and a private tmpfs with the secrets; the container id is the
+//! bundle's name; the runtime keeps its state under `<state dir>/<runtime name>` (`--root`), so
+//! strata can find and remove its own containers. stdin is /dev/null; stdout and stderr share
+//! one pipe, copied to the [`LogSink`] as it arrives. The runtime's own errors go to its
+//! `--log` file (JSON lines), which tells a runtime failure from the step's non-zero exit.
+//!
+//! Invariant: [`OciSandbox::run`] returns only after the container is gone (killed, waited
+//! for, deleted) and the bundle removed, whatever happened; a [`StepGuard`] does it on every
+//! path, including an error or a panic unwinding.
+
+use std::fs;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::cleanup::{sweep_orphans, StepGuard};
+use crate::config::Network;
+use crate::host::{hybrid_with_v2_controllers, HostFacts};
+use crate::oci_config::{build_spec, to_json, BundleFiles};
+use crate::output::{pump, PumpReport};
+use crate::runtime_cli::{flavour_of, parse_version, resolve_program, Flavour, RuntimeCli};
+use crate::secrets::{Placeholders, SecretDir};
+use crate::{Cancel, LogSink, Outcome, RunConfig, Sandbox, SandboxError};
+
+/// How often the supervisor looks at the cancel token (cancellation latency).
+const CANCEL_POLL: Duration = Duration::from_millis(50);
+/// After this long of `kill` not taking, the runtime process itself is killed too.
+const KILL_ESCALATION: Duration = Duration::from_secs(30);
+
+/// Where and with what an [`OciSandbox`] runs steps.
+#[derive(Debug, Clone)]
+pub struct OciSandboxOptions {
+    /// `runc`, `crun`, or a path to a compatible runtime.
+    pub runtime: String,
+    /// The store's `state/sandbox/` directory.
+    pub state_dir: PathBuf,
+    /// The store's per-process owner tag (in the runtime's id charset `[A-Za-z0-9_.+-]`;
+    /// anything else is replaced by `_`).
+    pub owner_tag: String,
+    /// Where per-step bundle directories are made.
+    pub bundle_parent: PathBuf,
+}
+
+impl OciSandboxOptions {
+    /// Options with the default runtime (`runc`).
+    pub fn new(state_dir: impl Into<PathBuf>, owner_tag: &str, bundle_parent: impl Into<PathBuf>) -> Self {
+        OciSandboxOptions {
+            runtime: "runc".to_owned(),
+            state_dir: state_dir.into(),
+            owner_tag: owner_tag.to_owned(),
+            bundle_parent: bundle_parent.into(),
+        }
+    }
+}
+
+/// What [`OciSandbox::probe`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeVersion {
+    /// The program that answered.
+    pub program: PathBuf,
+    /// Its `--version` first line, e.g. `runc version 1.1.5+ds1`.
+    pub line: String,
+    pub version: (u32, u32, u32),
+}
+
+/// Oldest versions known to work: runc 1.0 (seccomp `errnoRet`, needed by `--fast-sync`;
+/// older runc turns it into EPERM), crun 1.0.
+fn minimum_version(flavour: Flavour, program: &Path) -> Option<(u32, u32, u32)> {
+    let name = program.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    match flavour {
+        Flavour::Crun => Some((1, 0, 0)),
+        Flavour::Runc if name.starts_with("runc") => Some((1, 0, 0)),
+        Flavour::Runc => None,
+    }
+}
+
+/// Runs steps under an OCI runtime. See the module documentation.
+#[derive(Debug)]
+pub struct OciSandbox {
+    cli: RuntimeCli,
+    owner_tag: String,
+    bundle_parent: PathBuf,
+    facts: HostFacts,
+}
+
+impl OciSandbox {
+    /// Creates the state and bundle directories. A missing runtime is reported by
+    /// [`OciSandbox::probe`] and [`Sandbox::run`] (`SandboxError::RuntimeMissing`), not here, so
+    /// commands that never run a step work without one.
+    pub fn new(options: OciSandboxOptions) -> Result<OciSandbox, SandboxError> {
+        let program = resolve_program(&options.runtime);
+        let flavour = program.as_deref().map(flavour_of).unwrap_or(Flavour::Runc);
+        let runtime_name = program
+            .as_deref()
+            .and_then(|p| p.file_name())
+            .and_then(|n| n.to_str())
+            .map(crate::names::sanitise_tag)
+            .unwrap_or_else(|| "runtime".to_owned());
+        // Each runtime's state format is its own: one root per runtime.
+        let root = options.state_dir.join(runtime_name);
+        for dir in [&root, &options.bundle_parent] {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| io_error(format!("creating {}", dir.display()), e))?;
+        }
+        let cli = RuntimeCli {
+            requested: options.runtime.clone(),
+            program,
+            flavour,
+            root,
+            hide_unified_cgroup: flavour == Flavour::Crun && hybrid_with_v2_controllers(),
+        };
+        Ok(OciSandbox {
+            cli,
+            owner_tag: crate::names::sanitise_tag(&options.owner_tag),
+            bundle_parent: options.bundle_parent,
+            facts: HostFacts::detect(),
+        })
+    }
+
+    /// The runtime's `--root` (where its container state lives).
+    pub fn state_root(&self) -> &Path {
+        &self.cli.root
+    }
+
+    /// Checks that the runtime exists, answers `--version` and is recent enough.
+    pub fn probe(&self) -> Result<RuntimeVersion, SandboxError> {
+        let program = self
+            .cli
+            .program
+            .clone()
+            .ok_or_else(|| SandboxError::RuntimeMissing(self.cli.requested.clone()))?;
+        let line = self.cli.version_line()?;
+        let version = parse_version(&line).ok_or_else(|| SandboxError::Runtime {
+            runtime: self.cli.name(),
+            stderr: format!("cannot read a version from --version output {line:?}"),
+        })?;
+        if let Some(minimum) = minimum_version(self.cli.flavour, &program) {
+            if version < minimum {
+                return Err(SandboxError::RuntimeTooOld {
+                    runtime: self.cli.name(),
+                    version: format!("{}.{}.{}", version.0, version.1, version.2),
+                    minimum: format!("{}.{}.{}", minimum.0, minimum.1, minimum.2),
+                });
+            }
+        }
+        Ok(RuntimeVersion { program, line, version })
+    }
+
+    /// Force-deletes the containers and bundles left by strata processes whose owner tag
+    /// `is_alive` reports dead (a crash, `kill -9`). Returns the names removed.
+    pub fn cleanup_orphans(&self, is_alive: &dyn Fn(&str) -> bool) -> Result<Vec<String>, SandboxError> {
+        sweep_orphans(&self.cli, &self.bundle_parent, is_alive)
+    }
+
+    /// Writes the bundle for one step and returns the guard that owns it.
+    fn prepare<'a>(&'a self, config: &RunConfig, rootfs: &Path) -> Result<StepGuard<'a>, SandboxError> {
+        let rootfs = rootfs
+            .canonicalize()
+            .map_err(|e| io_error(format!("rootfs {}", rootfs.display()), e))?;
+        let id = crate::names::fresh(&self.owner_tag);
+        let bundle = self.bundle_parent.join(&id);
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&bundle)
+            .map_err(|e| io_error(format!("creating bundle {}", bundle.display()), e))?;
+        let mut guard = StepGuard::new(&self.cli, id, bundle.clone());
+
+        let hosts = bundle.join("hosts");
+        let hosts_text = format!("127.0.0.1 localhost {}\n::1 localhost\n", config.hostname);
+        fs::write(&hosts, hosts_text).map_err(|e| io_error(format!("writing {}", hosts.display()), e))?;
+        let resolv_conf = if config.network == Network::Host {
+            // The host's file may be a symlink (systemd-resolved); bind what it points to.
+            Path::new("/etc/resolv.conf")
+                .canonicalize()
+                .map_err(|e| io_error("host /etc/resolv.conf".to_owned(), e))?
+        } else {
+            PathBuf::from("/etc/resolv.conf")
+        };
+
+        let secrets = SecretDir::create(&bundle, &config.secrets, config.uid, config.gid)?;
+        let spec = {
+            let files = BundleFiles {
+                rootfs: &rootfs,
+                hosts: &hosts,
+                resolv_conf: &resolv_conf,
+                secrets: secrets.files(),
+            };
+            build_spec(config, &files, &self.facts)?
+        };
+        guard.secrets = Some(secrets);
+        guard.placeholders = Placeholders::record(&rootfs, config.secrets.iter().map(|s| s.target.as_str()));
+        let config_path = bundle.join("config.json");
+        let mut json = to_json(&spec)?;
+        json.push('\n');
+        fs::write(&config_path, json).map_err(|e| io_error(format!("writing {}", config_path.display()), e))?;
+        Ok(guard)
+    }
+}
+
+impl Sandbox for OciSandbox {
+    fn run(
+        &self,
+        config: &RunConfig,
+        rootfs: &Path,
+        log: &dyn LogSink,
+        cancel: &Cancel,
+    ) -> Result<Outcome, SandboxError> {
+        if cancel.is_cancelled() {
+            return Ok(Outcome::Cancelled);
+        }
+        // Fail before touching anything when there is no runtime.
+        if self.cli.program.is_none() {
+            return Err(SandboxError::RuntimeMissing(self.cli.requested.clone()));
+        }
+        let guard = self.prepare(config, rootfs)?;
+        let runtime_log = guard.bundle.join("runtime.log");
+        let (read_end, write_end) = output_pipe()?;
+        let child = {
+            let mut cmd = self.cli.run_command(&guard.id, &guard.bundle, &runtime_log)?;
+            let stderr_end = write_end
+                .try_clone()
+                .map_err(|e| io_error("duplicating the output pipe".to_owned(), e))?;
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::from(write_end))
+                .stderr(Stdio::from(stderr_end));
+            // `cmd` (and with it our copies of the write end) is dropped at the end of this
+            // block, so the pipe reaches end-of-file once the container's processes are gone.
+            cmd.spawn().map_err(|e| self.cli.spawn_error(e))?
+        };
+        let supervised = supervise(
+            child,
+            fs::File::from(read_end),
+            config,
+            log,
+            cancel,
+            &self.cli,
+            &guard.id,
+        );
+        let (status, stop, report) = match supervised {
+            Ok(done) => done,
+            Err(Failure::Error(e)) => return Err(e),
+            Err(Failure::Panic(payload)) => {
+                // The container is already dead; the guard cleans up while unwinding.
+                std::panic::resume_unwind(payload)
+            }
+        };
+        let outcome = match stop {
+            Some(Stop::TimedOut) => {
+                let secs = config.timeout.map(|t| t.as_secs_f64()).unwrap_or(0.0);
+                log.write(format!("\nstrata: step timed out after {secs}s, killed\n").as_bytes());
+                Outcome::TimedOut
+            }
+            Some(Stop::Cancelled) => {
+                log.write(b"\nstrata: step cancelled, killed\n");
+                Outcome::Cancelled
+            }
+            Some(Stop::LogLimit) => Outcome::LogLimitExceeded,
+            // The step ended on its own just as its output passed the cap: still over the cap.
+            None if report.limit_exceeded => Outcome::LogLimitExceeded,
+            None => self.interpret(status, &runtime_log)?,
+        };
+        guard.finish()?;
+        Ok(outcome)
+    }
+}
+
+impl OciSandbox {
+    /// Turns the runtime's exit status into the step's outcome, or a runtime error when the
+    /// runtime logged one (the container never ran, or the runtime broke).
+    fn interpret(&self, status: ExitStatus, runtime_log: &Path) -> Result<Outcome, SandboxError> {
+        if let Some(signal) = status.signal() {
+            return Err(SandboxError::Runtime {
+                runtime: self.cli.name(),
+                stderr: format!("the runtime was killed by signal {signal}"),
+            });
+        }
+        let code = status.code().unwrap_or(-1);
+        if code == 0 {
+            return Ok(Outcome::Exited(0));
+        }
+        let errors = runtime_errors(runtime_log);
+        if !errors.is_empty() {
+            return Err(SandboxError::Runtime {
+                runtime: self.cli.name(),
+                stderr: errors.join("; "),
+            });
+        }
+        // runc and crun report a step killed by signal N as 128+N (as a shell does).
+        if (129..=128 + 64).contains(&code) {
+            Ok(Outcome::Signaled(code - 128))
+        } else {
+            Ok(Outcome::Exited(code))
+        }
+    }
+}
+
+/// The error messages in a runtime's JSON log (`{"level":"error","msg":...}` lines).
+pub fn runtime_errors(log: &Path) -> Vec<String> {
+    let Ok(text) = fs::read_to_string(log) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|v| matches!(v["level"].as_str(), Some("error" | "fatal" | "panic")))
+        .filter_map(|v| v["msg"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn io_error(context: String, source: std::io::Error) -> SandboxError {
+    SandboxError::Io { context, source }
+}
+
+/// One pipe for the step's stdout and stderr (close-on-exec; the child gets dups).
+fn output_pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| io_error("creating the output pipe".to_owned(), e.into()))
+}
+
+/// Why the supervisor stopped the container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    TimedOut,
+    Cancelled,
+    LogLimit,
+}
+
+enum Event {
+    Exited(std::io::Result<ExitStatus>),
+    LogLimit,
+    SinkPanicked,
+}
+
+enum Failure {
+    Error(SandboxError),
+    Panic(Box<dyn std::any::Any + Send>),
+}
+
+type Supervised = (ExitStatus, Option<Stop>, PumpReport);
+
+/// Waits for the runtime while copying the output, and kills the container on timeout,
+/// cancellation, the log cap or a panicking sink. Returns once the runtime has exited and the
+/// output pipe is drained.
+fn supervise(
+    mut child: Child,
+    pipe: fs::File,
+    config: &RunConfig,
+    log: &dyn LogSink,
+    cancel: &Cancel,
+    cli: &RuntimeCli,
+    id: &str,
+) -> Result<Supervised, Failure> {
+    let runtime_pid = child.id();
+    let (tx, rx) = mpsc::channel::<Event>();
+    let deadline = config.timeout.map(|t| Instant::now() + t);
+    let limit = config.log_limit;
+    thread::scope(|scope| {
+        let exit_tx = tx.clone();
+        scope.spawn(move || {
+            let status = child.wait();
+            let _ = exit_tx.send(Event::Exited(status));
+        });
+        let pump_tx = tx;
+        let reader = scope.spawn(move || {
+            let limit_tx = pump_tx.clone();
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                pump(pipe, log, limit, move || {
+                    let _ = limit_tx.send(Event::LogLimit);
+                })
+            }));
+            if result.is_err() {
+                let _ = pump_tx.send(Event::SinkPanicked);
+            }
+            result
+        });
+
+        let mut stop = None;
+        let status = loop {
+            let wait = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()).min(CANCEL_POLL),
+                None => CANCEL_POLL,
+            };
+            match rx.recv_timeout(wait) {
+                Ok(Event::Exited(status)) => break Some(status),
+                Ok(Event::LogLimit) => {
+                    stop = Some(Stop::LogLimit);
+                    break None;
+                }
+                // The sink panicked: kill the container, then let the panic continue.
+                Ok(Event::SinkPanicked) => break None,
+                Err(RecvTimeoutError::Timeout) => {
+                    if cancel.is_cancelled() {
+                        stop = Some(Stop::Cancelled);
+                        break None;
+                    }
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        stop = Some(Stop::TimedOut);
+                        break None;
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    break Some(Err(std::io::Error::other("lost the runtime's exit status")));
+                }
+            }
+        };
+        let status = match status {
+            Some(status) => status,
+            None => kill_until_exit(&rx, cli, id, runtime_pid),
+        };
+        let pumped = reader.join();
+        let status = status.map_err(|e| Failure::Error(io_error(format!("waiting for {}", cli.name()), e)))?;
+        match pumped {
+            Ok(Ok(Ok(report))) => Ok((status, stop, report)),
+            Ok(Ok(Err(e))) => Err(Failure::Error(io_error("reading the step's output".to_owned(), e))),
+            Ok(Err(payload)) | Err(payload) => Err(Failure::Panic(payload)),
+        }
+    })
+}
+
+/// `runtime kill ID KILL` until the runtime reports the container's end: the container may
+/// not exist yet (still being created), so the kill is retried with a growing pause. If the
+/// runtime itself hangs, it is killed after [`KILL_ESCALATION`].
+fn kill_until_exit(rx: &Receiver<Event>, cli: &RuntimeCli, id: &str, runtime_pid: u32) -> std::io::Result<ExitStatus> {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(20);
+    loop {
+        let _ = cli.kill(id);
+        if started.elapsed() > KILL_ESCALATION {
+            if let Ok(pid) = i32::try_from(runtime_pid) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+        match rx.recv_timeout(pause) {
+            Ok(Event::Exited(status)) => return status,
+            Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return Err(std::io::Error::other("lost the runtime's exit status")),
+        }
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_errors_are_read_from_json_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("runtime.log");
+        fs::write(
+            &log,
+            "{\"level\":\"warning\",\"msg\":\"meh\"}\nnot json\n{\"msg\":\"boom\",\"level\":\"error\"}\n",
+        )
+        .unwrap();
+        assert_eq!(runtime_errors(&log), ["boom"]);
+        assert!(runtime_errors(&dir.path().join("missing")).is_empty());
+    }
+
+    #[test]
+    fn missing_runtime_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = OciSandboxOptions::new(dir.path().join("state"), "1.a", dir.path().join("bundles"));
+        options.runtime = "strata-no-such-runtime".into();
+        let sandbox = OciSandbox::new(options).unwrap();
+        assert!(matches!(sandbox.probe(), Err(SandboxError::RuntimeMissing(_))));
+        let config = RunConfig::new(vec!["true".into()]);
+        struct Null;
+        impl LogSink for Null {
+            fn write(&self, _: &[u8]) {}
+        }
+        let err = sandbox.run(&config, dir.path(), &Null, &Cancel::new()).unwrap_err();
+        assert!(matches!(err, SandboxError::RuntimeMissing(_)), "{err}");
+    }
+}

@@ -5,9 +5,25 @@
 //! is verified against its digest; layers are unpacked so that nothing lands outside the
 //! rootfs.
 
-use std::path::Path;
+pub mod auth;
+pub mod digest;
+pub mod docker_archive;
+mod fsat;
+pub mod image;
+pub mod mirror;
+pub mod oci_layout;
+pub mod progress;
+pub mod reference;
+pub mod registry;
+pub mod unpack;
+
+use std::path::{Path, PathBuf};
 
 use strata_sandbox::{Cancel, LogSink};
+
+pub use image::Platform;
+pub use reference::{parse_source, ImageSource};
+pub use unpack::{unpack_layer, UnpackStats};
 
 /// What strata keeps of an image's config (stored as `image.json` next to the rootfs).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -44,4 +60,87 @@ pub enum FetchError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// How registry pulls are made. Offline sources (`oci:`, `docker-archive:`) ignore all of
+/// it but the platform.
+#[derive(Debug, Clone, Default)]
+pub struct FetchOptions {
+    /// `(registry, url)` pairs: pulls from `registry` (normalised, `docker.io` for Docker
+    /// Hub) go to `url` (`http://HOST[:PORT]` or `https://HOST[:PORT]`). First match wins.
+    pub mirrors: Vec<(String, String)>,
+    /// Hosts (`host[:port]`) that may be reached over plain HTTP besides loopback ones.
+    pub insecure_registries: Vec<String>,
+    /// Docker's `config.json` for credentials; `None` means `$DOCKER_CONFIG/config.json`
+    /// or `~/.docker/config.json` (a missing file means anonymous pulls).
+    pub docker_config: Option<PathBuf>,
+    /// The platform picked from multi-platform indexes (default: this host).
+    pub platform: Platform,
+}
+
+impl FetchOptions {
+    /// Options from the command line: every `--registry-mirror REGISTRY=URL` (`mirror_args`),
+    /// then those in `STRATA_REGISTRY_MIRROR` (comma-separated), and every
+    /// `--insecure-registry HOST`. A plain-HTTP mirror that is neither loopback nor listed
+    /// as insecure is refused here, before any build starts.
+    pub fn from_cli(mirror_args: &[String], insecure_registries: &[String]) -> Result<FetchOptions, FetchError> {
+        let env = std::env::var(mirror::MIRROR_ENV).ok();
+        let mirrors = mirror::parse_mirrors(mirror_args, env.as_deref())?;
+        for (_, url) in &mirrors {
+            if let Some(host) = url.strip_prefix("http://") {
+                if !mirror::http_allowed(host, insecure_registries) {
+                    return Err(FetchError::InvalidReference {
+                        reference: url.clone(),
+                        reason: format!("mirror {host} is plain HTTP but neither loopback nor an --insecure-registry"),
+                    });
+                }
+            }
+        }
+        Ok(FetchOptions {
+            mirrors,
+            insecure_registries: insecure_registries.to_vec(),
+            docker_config: None,
+            platform: Platform::host(),
+        })
+    }
+}
+
+/// The fetcher for every image source, chosen by the reference's form (see
+/// [`reference::parse_source`]).
+#[derive(Debug, Clone, Default)]
+pub struct ImageFetcher {
+    options: FetchOptions,
+}
+
+impl ImageFetcher {
+    pub fn new(options: FetchOptions) -> ImageFetcher {
+        ImageFetcher { options }
+    }
+
+    pub fn options(&self) -> &FetchOptions {
+        &self.options
+    }
+}
+
+impl Fetcher for ImageFetcher {
+    fn fetch(&self, image: &str, rootfs: &Path, log: &dyn LogSink, cancel: &Cancel) -> Result<ImageConfig, FetchError> {
+        if cancel.is_cancelled() {
+            return Err(FetchError::Cancelled(image.to_owned()));
+        }
+        match parse_source(image)? {
+            ImageSource::Registry(reference) => registry::fetch(&self.options, &reference, image, rootfs, log, cancel),
+            ImageSource::OciLayout { path, tag } => oci_layout::fetch(
+                &path,
+                tag.as_deref(),
+                &self.options.platform,
+                image,
+                rootfs,
+                log,
+                cancel,
+            ),
+            ImageSource::DockerArchive { path, image: name } => {
+                docker_archive::fetch(&path, name.as_deref(), image, rootfs, log, cancel)
+            }
+        }
+    }
 }

@@ -5,6 +5,7 @@
 //! here in a guard whose `Drop` always runs `destroy`, even when the test panics.
 
 pub mod overlay;
+pub mod registry;
 pub mod script;
 pub mod stores;
 pub mod zfs;
