@@ -334,3 +334,20 @@ fn plan_errors_and_ids() {
         copy_id(IdScheme::Obuilder, &parent, &User::ROOT, &after)
     );
 }
+
+#[test]
+fn multi_chunk_files_are_copied_exactly() {
+    let ctx = tempfile::tempdir().unwrap();
+    // 3.5 MiB plus a tail: several copy chunks, the last one partial.
+    let data: Vec<u8> = (0..(7 << 19) + 12345u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    fs::write(ctx.path().join("big"), &data).unwrap();
+    fs::write(ctx.path().join("empty"), b"").unwrap();
+    let rootfs = tempfile::tempdir().unwrap();
+    let plan = plan_copy(ctx.path(), &copy(&["big", "empty"], "/", &[]), "/").unwrap();
+    let stats = execute_copy(&plan, ctx.path(), rootfs.path(), 0, 0).unwrap();
+    assert_eq!(stats.bytes, data.len() as u64);
+    assert_eq!(fs::read(rootfs.path().join("big")).unwrap(), data);
+    assert_eq!(fs::read(rootfs.path().join("empty")).unwrap(), b"");
+}
