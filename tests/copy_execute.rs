@@ -351,3 +351,24 @@ fn multi_chunk_files_are_copied_exactly() {
     assert_eq!(fs::read(rootfs.path().join("big")).unwrap(), data);
     assert_eq!(fs::read(rootfs.path().join("empty")).unwrap(), b"");
 }
+
+#[test]
+fn directory_symlinks_in_the_image_are_followed_inside_it() {
+    if !require_root() {
+        return;
+    }
+    let ctx = tempfile::tempdir().unwrap();
+    write(&ctx.path().join("lib/x.so"), "so", 0o644);
+    write(&ctx.path().join("bin/tool"), "tool", 0o755);
+    let rootfs = tempfile::tempdir().unwrap();
+    let r = rootfs.path();
+    fs::create_dir_all(r.join("usr/lib")).unwrap();
+    fs::create_dir_all(r.join("usr/bin")).unwrap();
+    symlink("usr/lib", r.join("lib")).unwrap();
+    symlink("/usr/bin", r.join("bin")).unwrap();
+    run(ctx.path(), r, &copy(&["lib", "bin"], "/", &[]), "/").unwrap();
+    assert_eq!(fs::read_to_string(r.join("usr/lib/x.so")).unwrap(), "so");
+    assert_eq!(fs::read_to_string(r.join("usr/bin/tool")).unwrap(), "tool");
+    assert!(fs::symlink_metadata(r.join("lib")).unwrap().is_symlink());
+    assert!(fs::symlink_metadata(r.join("bin")).unwrap().is_symlink());
+}

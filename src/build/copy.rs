@@ -6,7 +6,9 @@
 //!   matches the manifest (the context changed during the build) fails the copy, so a step's id
 //!   always describes its content; symlink targets and modes are taken from the manifest;
 //! - missing parent directories of the destination are created 0755 owned by `uid:gid`; existing
-//!   directories (parents, or directories merged into) are never changed;
+//!   directories (parents, or directories merged into) are never changed; an existing symlink
+//!   where a directory goes is followed (inside the rootfs) when it leads to a directory, so
+//!   copying `lib` onto a merged-`/usr` image's `/lib -> usr/lib` fills `/usr/lib`;
 //! - new files, directories and symlinks get the manifest's permission bits and `uid:gid`;
 //!   an existing non-directory in the way is replaced (unlinked first, never written through);
 //!   a source symlink is copied as a symlink and its target is never read.
@@ -157,12 +159,7 @@ pub fn execute_copy(
     };
     match &plan.op {
         CopyOp::Items { items, dst_dir } => {
-            let components = dst_components(dst_dir);
-            if components.last() == Some(&"..") {
-                // Harmless (resolution stays in the root) but meaningless as a destination.
-                return Err(CopyError::InvalidDestination { dst: dst_dir.clone() });
-            }
-            let (dir_path, dir) = copier.ensure_parents(&components)?;
+            let (dir_path, dir) = copier.ensure_parents(&dst_components(dst_dir))?;
             for item in items {
                 match item {
                     // `src .`: the source root's contents merge into the destination directory.
