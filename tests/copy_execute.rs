@@ -334,3 +334,41 @@ fn plan_errors_and_ids() {
         copy_id(IdScheme::Obuilder, &parent, &User::ROOT, &after)
     );
 }
+
+#[test]
+fn multi_chunk_files_are_copied_exactly() {
+    let ctx = tempfile::tempdir().unwrap();
+    // 3.5 MiB plus a tail: several copy chunks, the last one partial.
+    let data: Vec<u8> = (0..(7 << 19) + 12345u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    fs::write(ctx.path().join("big"), &data).unwrap();
+    fs::write(ctx.path().join("empty"), b"").unwrap();
+    let rootfs = tempfile::tempdir().unwrap();
+    let plan = plan_copy(ctx.path(), &copy(&["big", "empty"], "/", &[]), "/").unwrap();
+    let stats = execute_copy(&plan, ctx.path(), rootfs.path(), 0, 0).unwrap();
+    assert_eq!(stats.bytes, data.len() as u64);
+    assert_eq!(fs::read(rootfs.path().join("big")).unwrap(), data);
+    assert_eq!(fs::read(rootfs.path().join("empty")).unwrap(), b"");
+}
+
+#[test]
+fn directory_symlinks_in_the_image_are_followed_inside_it() {
+    if !require_root() {
+        return;
+    }
+    let ctx = tempfile::tempdir().unwrap();
+    write(&ctx.path().join("lib/x.so"), "so", 0o644);
+    write(&ctx.path().join("bin/tool"), "tool", 0o755);
+    let rootfs = tempfile::tempdir().unwrap();
+    let r = rootfs.path();
+    fs::create_dir_all(r.join("usr/lib")).unwrap();
+    fs::create_dir_all(r.join("usr/bin")).unwrap();
+    symlink("usr/lib", r.join("lib")).unwrap();
+    symlink("/usr/bin", r.join("bin")).unwrap();
+    run(ctx.path(), r, &copy(&["lib", "bin"], "/", &[]), "/").unwrap();
+    assert_eq!(fs::read_to_string(r.join("usr/lib/x.so")).unwrap(), "so");
+    assert_eq!(fs::read_to_string(r.join("usr/bin/tool")).unwrap(), "tool");
+    assert!(fs::symlink_metadata(r.join("lib")).unwrap().is_symlink());
+    assert!(fs::symlink_metadata(r.join("bin")).unwrap().is_symlink());
+}

@@ -6,7 +6,9 @@
 //!   matches the manifest (the context changed during the build) fails the copy, so a step's id
 //!   always describes its content; symlink targets and modes are taken from the manifest;
 //! - missing parent directories of the destination are created 0755 owned by `uid:gid`; existing
-//!   directories (parents, or directories merged into) are never changed;
+//!   directories (parents, or directories merged into) are never changed; an existing symlink
+//!   where a directory goes is followed (inside the rootfs) when it leads to a directory, so
+//!   copying `lib` onto a merged-`/usr` image's `/lib -> usr/lib` fills `/usr/lib`;
 //! - new files, directories and symlinks get the manifest's permission bits and `uid:gid`;
 //!   an existing non-directory in the way is replaced (unlinked first, never written through);
 //!   a source symlink is copied as a symlink and its target is never read.
@@ -34,7 +36,7 @@ use crate::key::manifest::{compute_manifest, sha256_hex, CopyOp, Manifest, Manif
 use crate::spec::ast;
 
 /// Files are copied through a buffer of this size (each byte read once, hashed, written).
-const COPY_CHUNK: usize = 256 * 1024;
+const COPY_CHUNK: usize = 1024 * 1024;
 
 /// A copy ready to execute: the operation (manifests and destination) its step id hashes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,12 +159,7 @@ pub fn execute_copy(
     };
     match &plan.op {
         CopyOp::Items { items, dst_dir } => {
-            let components = dst_components(dst_dir);
-            if components.last() == Some(&"..") {
-                // Harmless (resolution stays in the root) but meaningless as a destination.
-                return Err(CopyError::InvalidDestination { dst: dst_dir.clone() });
-            }
-            let (dir_path, dir) = copier.ensure_parents(&components)?;
+            let (dir_path, dir) = copier.ensure_parents(&dst_components(dst_dir))?;
             for item in items {
                 match item {
                     // `src .`: the source root's contents merge into the destination directory.
@@ -399,29 +396,32 @@ impl<'a> Copier<'a> {
         )
         .map_err(io_err("creating", &path))?;
         let (mut source, mut target) = (File::from(source), File::from(target));
+        let read_error = |e| CopyError::Io {
+            action: "reading source",
+            path: job.source.to_owned(),
+            source: e,
+        };
+        // Double buffering: while one chunk is hashed and written, the next one is read, and
+        // hashing runs beside the write (rayon::join), so a large file costs about the slowest
+        // of the three rather than their sum. Every byte is still read exactly once.
         let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; COPY_CHUNK];
+        let (mut current, mut next) = (vec![0u8; COPY_CHUNK], vec![0u8; COPY_CHUNK]);
+        let mut len = read_full(&mut source, &mut current).map_err(read_error)?;
         let mut total = 0u64;
-        loop {
-            let n = match source.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    return Err(CopyError::Io {
-                        action: "reading source",
-                        path: job.source.to_owned(),
-                        source: e,
-                    })
-                }
-            };
-            hasher.update(&buf[..n]);
-            target.write_all(&buf[..n]).map_err(|e| CopyError::Io {
+        while len > 0 {
+            let chunk = &current[..len];
+            let (_, (written, read)) = rayon::join(
+                || hasher.update(chunk),
+                || (target.write_all(chunk), read_full(&mut source, &mut next)),
+            );
+            written.map_err(|e| CopyError::Io {
                 action: "writing",
                 path: path.clone(),
                 source: e,
             })?;
-            total += n as u64;
+            total += len as u64;
+            len = read.map_err(read_error)?;
+            std::mem::swap(&mut current, &mut next);
         }
         if sha256_hex(hasher) != job.sha256 {
             return Err(changed());
@@ -431,6 +431,20 @@ impl<'a> Copier<'a> {
         fchmod(target.as_fd(), Mode::from_bits_truncate(job.mode)).map_err(io_err("changing mode of", &path))?;
         Ok(total)
     }
+}
+
+/// Reads until `buf` is full or the file ends; returns the byte count (0 at the end).
+fn read_full(source: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match source.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 /// Unlinks whatever non-directory is at `name` (never following it); a directory there is an
