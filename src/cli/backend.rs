@@ -92,16 +92,7 @@ pub fn open_store(global: &GlobalArgs, store: &StoreArgs) -> Result<Arc<dyn Stor
 }
 
 pub fn fetch_options(backend: &BackendArgs) -> Result<FetchOptions, CliError> {
-    let mut mirrors = backend.registry_mirror.clone();
-    if let Ok(env) = std::env::var("STRATA_REGISTRY_MIRROR") {
-        mirrors.extend(
-            env.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned),
-        );
-    }
-    FetchOptions::from_flags(&mirrors, &backend.insecure_registry).map_err(CliError::usage)
+    FetchOptions::from_cli(&backend.registry_mirror, &backend.insecure_registry).map_err(CliError::usage)
 }
 
 /// Opens store, sandbox, fetcher and builder; reconciles the store quietly.
