@@ -182,12 +182,12 @@ impl<'a> BuildRun<'a> {
             })?;
         self.shared.db().touch(&id)?;
         match result {
-            StepResult::Saved => self.note(stage, &format!("---> saved as {id:?}")),
+            StepResult::Saved => self.note(stage, &format!("---> saved as {id}")),
             StepResult::Cached => {
                 if self.options.show_cached_logs {
                     self.replay_log(stage, &id);
                 }
-                self.note(stage, &format!("---> using {id:?} from cache"))
+                self.note(stage, &format!("---> using {id} from cache"))
             }
         }
         self.reporter.event(Event::StepDone {
