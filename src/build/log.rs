@@ -7,7 +7,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, RwLock};
 use std::time::Duration;
 
 use strata_sandbox::{Cancel, LogSink};
@@ -22,7 +22,8 @@ struct State {
 
 #[derive(Debug)]
 pub struct StepLog {
-    file: File,
+    /// Swapped for an unnamed copy by [`StepLog::detach`] before the item is committed.
+    file: RwLock<File>,
     state: Mutex<State>,
     changed: Condvar,
 }
@@ -54,7 +55,7 @@ impl StepLog {
 
     fn from_file(file: File, len: u64, finished: bool) -> StepLog {
         StepLog {
-            file,
+            file: RwLock::new(file),
             state: Mutex::new(State {
                 len,
                 finished,
@@ -73,7 +74,8 @@ impl StepLog {
         if state.finished {
             return;
         }
-        match (&self.file).write_all(bytes) {
+        let file = self.file.read().unwrap_or_else(|p| p.into_inner());
+        match (&*file).write_all(bytes) {
             Ok(()) => state.len += bytes.len() as u64,
             Err(e) => {
                 if state.error.is_none() {
@@ -88,9 +90,21 @@ impl StepLog {
     pub fn finish(&self) -> Option<String> {
         let mut state = self.lock();
         state.finished = true;
-        let _ = self.file.sync_data();
+        let _ = self.file.read().unwrap_or_else(|p| p.into_inner()).sync_data();
         self.changed.notify_all();
         state.error.clone()
+    }
+
+    /// Lets go of the item's log file (ZFS cannot rename or unmount a dataset with open
+    /// files): tailers continue on an unnamed copy. Call after [`StepLog::finish`].
+    pub fn detach(&self) -> std::io::Result<()> {
+        let mut file = self.file.write().unwrap_or_else(|p| p.into_inner());
+        let mut copy = tempfile::tempfile()?;
+        let mut source = file.try_clone()?;
+        std::io::Seek::seek(&mut source, std::io::SeekFrom::Start(0))?;
+        std::io::copy(&mut source, &mut copy)?;
+        *file = copy;
+        Ok(())
     }
 
     /// Streams the log from byte 0 into `out` until it is finished (true) or `cancel`
@@ -115,7 +129,12 @@ impl StepLog {
             };
             while offset < len {
                 let want = ((len - offset) as usize).min(buf.len());
-                match self.file.read_at(&mut buf[..want], offset) {
+                let read = self
+                    .file
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .read_at(&mut buf[..want], offset);
+                match read {
                     Ok(0) | Err(_) => return true,
                     Ok(n) => {
                         out(&buf[..n]);
@@ -137,7 +156,13 @@ impl StepLog {
         let len = self.lock().len;
         let start = len.saturating_sub(8192);
         let mut buf = vec![0u8; (len - start) as usize];
-        if self.file.read_at(&mut buf, start).is_err() {
+        if self
+            .file
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .read_at(&mut buf, start)
+            .is_err()
+        {
             return String::new();
         }
         let text = String::from_utf8_lossy(&buf);

@@ -282,7 +282,10 @@ fn execute(
         cancel: &flight.cancel,
     };
     let outcome = work(&env);
-    let log_error = log.finish();
+    let mut log_error = log.finish();
+    if let Err(e) = log.detach() {
+        log_error.get_or_insert(e.to_string());
+    }
     let output = match outcome {
         Ok(output) => output,
         Err(e) => {

@@ -25,7 +25,7 @@ pub struct BuildArgs {
     #[arg(long = "secret", value_name = "ID:FILE")]
     pub secret: Vec<String>,
     /// How to show progress on stderr
-    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto, overrides_with = "progress")]
     pub progress: ProgressMode,
     /// Replay the logs of cached steps
     #[arg(long)]
