@@ -49,7 +49,8 @@ impl Builder {
     pub fn reconcile(&self, repair: bool) -> Result<Report, BuildError> {
         let mut report = Report::default();
         let store = self.store();
-        for message in self.db().quick_check()? {
+        let messages = self.db().quick_check()?;
+        for message in messages {
             report.problems.push(Problem::Database { message });
         }
         let results: BTreeSet<StepId> = store.list_results()?.into_iter().collect();
@@ -139,7 +140,8 @@ impl Builder {
         removed: &mut Vec<String>,
     ) -> Result<bool, BuildError> {
         let mut all_children_gone = true;
-        for child in self.db().children(id)? {
+        let children = self.db().children(id)?;
+        for child in children {
             all_children_gone &= self.delete_tree_inner(&child, on_delete, removed)?;
         }
         if !all_children_gone {
