@@ -37,7 +37,9 @@ fn examples() -> Vec<PathBuf> {
 #[test]
 fn check_accepts_every_example() {
     let files = examples();
-    let args: Vec<&str> = std::iter::once("check").chain(files.iter().map(|p| p.to_str().unwrap())).collect();
+    let args: Vec<&str> = std::iter::once("check")
+        .chain(files.iter().map(|p| p.to_str().unwrap()))
+        .collect();
     let out = strata(&args, None);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
@@ -68,18 +70,25 @@ fn check_reports_errors_with_positions_and_exits_2() {
     std::fs::write(&binary, b"((from \xff))").unwrap();
     let out = strata(&["check", binary.to_str().unwrap()], None);
     assert_eq!(out.status.code(), Some(2));
-    assert_eq!(text(&out.stderr), format!("{0}:1:8: error: {0} is not valid UTF-8\n", binary.display()));
+    assert_eq!(
+        text(&out.stderr),
+        format!("{0}:1:8: error: {0} is not valid UTF-8\n", binary.display())
+    );
     let out = strata(&["check", "/nonexistent/x.spec"], None);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).starts_with("/nonexistent/x.spec:1:1: error: cannot read"));
     let out = strata(&["check", "-"], Some("((from a) (RUN (shell x)))"));
     assert_eq!(out.status.code(), Some(2));
-    assert_eq!(text(&out.stderr), "<stdin>:1:12: error: operation names are lowercase: write run, not RUN\n");
+    assert_eq!(
+        text(&out.stderr),
+        "<stdin>:1:12: error: operation names are lowercase: write run, not RUN\n"
+    );
 }
 
 #[test]
 fn fmt_prints_the_canonical_layout_and_check_exits_1_when_it_differs() {
-    let messy = "; keep me\n((from busybox) (run (shell \"echo hi\") (network host)) ; and me\n (user (gid 2) (uid 1)))";
+    let messy =
+        "; keep me\n((from busybox) (run (shell \"echo hi\") (network host)) ; and me\n (user (gid 2) (uid 1)))";
     let out = strata(&["fmt", "-"], Some(messy));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let formatted = text(&out.stdout);
@@ -121,16 +130,26 @@ fn dockerfile_plain_buildkit_and_windows() {
     );
     let out = strata(&["dockerfile", "-f", "-", "--escape", "windows"], Some(spec));
     assert_eq!(out.status.code(), Some(0));
-    assert_eq!(text(&out.stdout), "#escape=`\nFROM base\nUSER 1:2\nRUN a && `\n    b\nCOPY --chown=1:2 x y\n");
+    assert_eq!(
+        text(&out.stdout),
+        "#escape=`\nFROM base\nUSER 1:2\nRUN a && `\n    b\nCOPY --chown=1:2 x y\n"
+    );
     let out = strata(
         &["dockerfile", "-f", "-", "--escape", "windows", "--buildkit"],
         Some("((from a) (run (cache (c (target /c))) (shell x)))"),
     );
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("needs a numeric user"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("needs a numeric user"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = strata(&["dockerfile", "-f", "-"], Some("((from a)"));
     assert_eq!(out.status.code(), Some(2));
-    assert_eq!(text(&out.stderr), "<stdin>:1:1: error: unbalanced parentheses: this `(` is never closed\n");
+    assert_eq!(
+        text(&out.stderr),
+        "<stdin>:1:1: error: unbalanced parentheses: this `(` is never closed\n"
+    );
 }
 
 #[test]

@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::exit::{CliError, CliResult, SUCCESS, USAGE};
 use crate::spec::parse::{decode_utf8, parse_spec, read_spec_file};
-use crate::spec::{SpecError, Span};
+use crate::spec::{Span, SpecError};
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
@@ -44,7 +44,12 @@ pub fn read_spec_text(file: &Path) -> Result<(PathBuf, String), SpecError> {
     if let Err(e) = std::io::stdin().read_to_end(&mut bytes) {
         return Err(SpecError {
             file: name,
-            span: Span { start: 0, end: 0, line: 1, col: 1 },
+            span: Span {
+                start: 0,
+                end: 0,
+                line: 1,
+                col: 1,
+            },
             message: format!("cannot read standard input: {e}"),
         });
     }

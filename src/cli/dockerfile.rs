@@ -38,8 +38,14 @@ pub fn run(args: &DockerfileArgs) -> CliResult {
         EscapeArg::Unix => Escape::Unix,
         EscapeArg::Windows => Escape::Windows,
     };
-    let dockerfile = to_dockerfile(&spec, &DockerfileOptions { buildkit: args.buildkit, escape })
-        .map_err(|e| CliError::usage(anyhow::anyhow!("{}: {e}", name.display())))?;
+    let dockerfile = to_dockerfile(
+        &spec,
+        &DockerfileOptions {
+            buildkit: args.buildkit,
+            escape,
+        },
+    )
+    .map_err(|e| CliError::usage(anyhow::anyhow!("{}: {e}", name.display())))?;
     let mut stdout = std::io::stdout().lock();
     stdout
         .write_all(dockerfile.as_bytes())

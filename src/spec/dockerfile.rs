@@ -48,7 +48,11 @@ pub struct DockerfileOptions {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DockerfileError {
     #[error("a BuildKit {kind} mount \"{id}\" needs a numeric user, but the user is \"{user}\" (set (user (uid N) (gid M)) first)")]
-    MountNeedsNumericUser { kind: &'static str, id: String, user: String },
+    MountNeedsNumericUser {
+        kind: &'static str,
+        id: String,
+        user: String,
+    },
 }
 
 /// The Dockerfile for a spec.
@@ -61,7 +65,12 @@ pub fn to_dockerfile(spec: &Spec, options: &DockerfileOptions) -> Result<String,
     Ok(out)
 }
 
-fn stage(out: &mut String, name: Option<&str>, spec: &Spec, options: &DockerfileOptions) -> Result<(), DockerfileError> {
+fn stage(
+    out: &mut String,
+    name: Option<&str>,
+    spec: &Spec,
+    options: &DockerfileOptions,
+) -> Result<(), DockerfileError> {
     for child in &spec.stages {
         stage(out, Some(&child.name), &child.spec, options)?;
         out.push('\n');
@@ -91,9 +100,10 @@ fn stage(out: &mut String, name: Option<&str>, spec: &Spec, options: &Dockerfile
                 }
                 user = new_user.clone();
             }
-            Op::Env(key, value) => {
-                line(out, format_args!("ENV {key}=\"{}\"", escape_value(value, options.escape.char())))
-            }
+            Op::Env(key, value) => line(
+                out,
+                format_args!("ENV {key}=\"{}\"", escape_value(value, options.escape.char())),
+            ),
         }
     }
     Ok(())
@@ -131,10 +141,18 @@ fn mount(out: &mut String, kind: &'static str, mount: &Mount, user: &User) -> Re
     let uid = match user {
         User::Unix { uid, .. } => uid,
         User::Name(name) => {
-            return Err(DockerfileError::MountNeedsNumericUser { kind, id: mount.id.clone(), user: name.clone() })
+            return Err(DockerfileError::MountNeedsNumericUser {
+                kind,
+                id: mount.id.clone(),
+                user: name.clone(),
+            })
         }
     };
-    let _ = write!(out, "--mount=type={kind},id={},target={},uid={uid}", mount.id, mount.target);
+    let _ = write!(
+        out,
+        "--mount=type={kind},id={},target={},uid={uid}",
+        mount.id, mount.target
+    );
     for (key, value) in &mount.buildkit_options {
         let _ = write!(out, ",{key}={value}");
     }
@@ -243,7 +261,10 @@ mod tests {
     #[test]
     fn env_escaping() {
         let text = r#"((from base) (env FOO "a \"b\" \\c `d`"))"#;
-        assert_eq!(convert(text, false, Escape::Unix).unwrap(), "FROM base\nENV FOO=\"a \\\"b\\\" \\\\c `d`\"\n");
+        assert_eq!(
+            convert(text, false, Escape::Unix).unwrap(),
+            "FROM base\nENV FOO=\"a \\\"b\\\" \\\\c `d`\"\n"
+        );
         assert_eq!(
             convert(text, false, Escape::Windows).unwrap(),
             "#escape=`\nFROM base\nENV FOO=\"a `\"b`\" \\c ``d``\"\n"
@@ -266,7 +287,12 @@ mod tests {
         );
         // A named user on Unix is passed to --chown.
         assert_eq!(
-            convert("((from a) (user (name bob)) (copy (src a) (dst b)))", false, Escape::Unix).unwrap(),
+            convert(
+                "((from a) (user (name bob)) (copy (src a) (dst b)))",
+                false,
+                Escape::Unix
+            )
+            .unwrap(),
             "FROM a\nUSER bob\nCOPY --chown=bob a b\n"
         );
     }

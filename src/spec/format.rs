@@ -37,7 +37,13 @@ pub fn format_source(file: &Path, text: &str) -> Result<String, SpecError> {
     let mut trailing = texts(&root.trailing);
     let last = trailing.pop();
     closing.extend(trailing);
-    let layout = Layout { before, items, closing, trailing: last, after: texts(&document.after) };
+    let layout = Layout {
+        before,
+        items,
+        closing,
+        trailing: last,
+        after: texts(&document.after),
+    };
     Ok(layout.render())
 }
 
@@ -99,11 +105,19 @@ fn item(node: &Node, sexp: Sexp) -> (Item, Vec<String>) {
     match Body::of(sexp) {
         Body::Line(sexp) => {
             leading.extend(inner_comments(node));
-            let mut item = Item { leading, trailing: None, body: Body::Line(sexp) };
+            let mut item = Item {
+                leading,
+                trailing: None,
+                body: Body::Line(sexp),
+            };
             settle(&mut item, texts(&node.trailing));
             (item, Vec::new())
         }
-        Body::Fields { op, fields, always_vertical } => {
+        Body::Fields {
+            op,
+            fields,
+            always_vertical,
+        } => {
             let (op_name, source_fields) = source.split_first().map_or((None, &[][..]), |(h, r)| (Some(h), r));
             if let Some(op_name) = op_name {
                 leading.extend(all_comments(op_name));
@@ -136,15 +150,36 @@ fn item(node: &Node, sexp: Sexp) -> (Item, Vec<String>) {
                 trailing.extend(last.trailing.take());
             }
             trailing.extend(texts(&node.trailing));
-            let mut item = Item { leading, trailing: None, body: Body::Fields { op, fields, always_vertical } };
+            let mut item = Item {
+                leading,
+                trailing: None,
+                body: Body::Fields {
+                    op,
+                    fields,
+                    always_vertical,
+                },
+            };
             settle(&mut item, trailing);
             (item, texts(&node.closing))
         }
-        Body::Build { name, spec_leading: _, items: _ } => {
+        Body::Build {
+            name,
+            spec_leading: _,
+            items: _,
+        } => {
             let (keyword, name_node, spec_node) = match source {
                 [keyword, name_node, spec_node] => (keyword, name_node, spec_node),
                 // The parser accepted this node as a build, so it has three elements.
-                _ => return (Item { leading, trailing: None, body: Body::Line(Sexp::List(Vec::new())) }, Vec::new()),
+                _ => {
+                    return (
+                        Item {
+                            leading,
+                            trailing: None,
+                            body: Body::Line(Sexp::List(Vec::new())),
+                        },
+                        Vec::new(),
+                    )
+                }
             };
             leading.extend(all_comments(keyword));
             leading.extend(all_comments(name_node));
@@ -161,7 +196,15 @@ fn item(node: &Node, sexp: Sexp) -> (Item, Vec<String>) {
             trailing.extend(texts(&node.trailing));
             carry.extend(texts(&spec_node.closing));
             carry.extend(texts(&node.closing));
-            let mut item = Item { leading, trailing: None, body: Body::Build { name, spec_leading, items: nested } };
+            let mut item = Item {
+                leading,
+                trailing: None,
+                body: Body::Build {
+                    name,
+                    spec_leading,
+                    items: nested,
+                },
+            };
             settle(&mut item, trailing);
             (item, carry)
         }

@@ -33,7 +33,12 @@ pub fn load_spec(file: &Path) -> Result<Spec, SpecError> {
 pub fn read_spec_file(file: &Path) -> Result<String, SpecError> {
     let bytes = std::fs::read(file).map_err(|e| SpecError {
         file: file.to_path_buf(),
-        span: Span { start: 0, end: 0, line: 1, col: 1 },
+        span: Span {
+            start: 0,
+            end: 0,
+            line: 1,
+            col: 1,
+        },
         message: format!("cannot read {}: {e}", file.display()),
     })?;
     decode_utf8(file, bytes)
@@ -49,7 +54,12 @@ pub fn decode_utf8(file: &Path, bytes: Vec<u8>) -> Result<String, SpecError> {
         let col = prefix.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
         SpecError {
             file: file.to_path_buf(),
-            span: Span { start: valid.len(), end: valid.len() + 1, line: clamp(line), col: clamp(col) },
+            span: Span {
+                start: valid.len(),
+                end: valid.len() + 1,
+                line: clamp(line),
+                col: clamp(col),
+            },
             message: format!("{} is not valid UTF-8", file.display()),
         }
     })
@@ -76,13 +86,20 @@ struct Fields<'n> {
 impl<'n> Fields<'n> {
     /// The field's whole node and its values.
     fn get(&self, name: &str) -> Option<(&'n Node, &'n [Node])> {
-        self.entries.iter().find(|(n, _, _)| *n == name).map(|(_, node, values)| (*node, *values))
+        self.entries
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .map(|(_, node, values)| (*node, *values))
     }
 }
 
 impl Parser<'_> {
     fn error(&self, span: Span, message: impl Into<String>) -> SpecError {
-        SpecError { file: self.file.to_path_buf(), span, message: message.into() }
+        SpecError {
+            file: self.file.to_path_buf(),
+            span,
+            message: message.into(),
+        }
     }
 
     fn err<T>(&self, node: &Node, message: impl Into<String>) -> Result<T, SpecError> {
@@ -93,7 +110,10 @@ impl Parser<'_> {
     /// earlier siblings of its own stage).
     fn spec(&self, node: &Node, scope: &[String]) -> Result<Spec, SpecError> {
         let Some(items) = node.list() else {
-            return self.err(node, format!("a spec is a list ((from IMAGE) OP...), found {}", describe(node)));
+            return self.err(
+                node,
+                format!("a spec is a list ((from IMAGE) OP...), found {}", describe(node)),
+            );
         };
         let mut visible = scope.to_vec();
         let mut stages = Vec::new();
@@ -107,21 +127,44 @@ impl Parser<'_> {
                     let name = self.atom(name, "a build's name")?;
                     let spec = self.spec(child, &visible)?;
                     visible.push(name.to_string());
-                    stages.push(Stage { name: name.to_string(), span: item.span, spec });
+                    stages.push(Stage {
+                        name: name.to_string(),
+                        span: item.span,
+                        spec,
+                    });
                 }
                 Some("from") => {
                     let [_, image] = fields else {
-                        return self.err(item, format!("from expects exactly one image: (from IMAGE), found {}", describe(item)));
+                        return self.err(
+                            item,
+                            format!("from expects exactly one image: (from IMAGE), found {}", describe(item)),
+                        );
                     };
                     let from = self.atom(image, "the image of from")?.to_string();
                     let ops = items[index + 1..]
                         .iter()
-                        .map(|op| Ok(OpItem { op: self.op(op, &visible)?, span: op.span }))
+                        .map(|op| {
+                            Ok(OpItem {
+                                op: self.op(op, &visible)?,
+                                span: op.span,
+                            })
+                        })
                         .collect::<Result<Vec<_>, SpecError>>()?;
-                    return Ok(Spec { stages, from, from_span: item.span, ops });
+                    return Ok(Spec {
+                        stages,
+                        from,
+                        from_span: item.span,
+                        ops,
+                    });
                 }
                 Some(name) if is_operation(name) => {
-                    return self.err(item, format!("{} comes before (from IMAGE): operations must follow from", describe(item)));
+                    return self.err(
+                        item,
+                        format!(
+                            "{} comes before (from IMAGE): operations must follow from",
+                            describe(item)
+                        ),
+                    );
                 }
                 _ => {
                     return self.err(
@@ -135,22 +178,29 @@ impl Parser<'_> {
     }
 
     fn atom<'n>(&self, node: &'n Node, what: &str) -> Result<&'n str, SpecError> {
-        node.atom().ok_or_else(|| self.error(node.span, format!("{what} must be an atom, found {}", describe(node))))
+        node.atom()
+            .ok_or_else(|| self.error(node.span, format!("{what} must be an atom, found {}", describe(node))))
     }
 
-    fn atoms<'n>(&self, values: &'n [Node], what: &str) -> Result<Vec<String>, SpecError> {
+    fn atoms(&self, values: &[Node], what: &str) -> Result<Vec<String>, SpecError> {
         values.iter().map(|v| self.atom(v, what).map(str::to_string)).collect()
     }
 
     fn op(&self, node: &Node, scope: &[String]) -> Result<Op, SpecError> {
         let Some(items) = node.list() else {
-            return self.err(node, format!("expected an operation like (run ...), found {}", describe(node)));
+            return self.err(
+                node,
+                format!("expected an operation like (run ...), found {}", describe(node)),
+            );
         };
         let Some((name_node, args)) = items.split_first() else {
             return self.err(node, "empty operation (): expected (comment ...), (run ...), ...");
         };
         let Some(name) = name_node.atom() else {
-            return self.err(name_node, format!("an operation starts with its name, found {}", describe(name_node)));
+            return self.err(
+                name_node,
+                format!("an operation starts with its name, found {}", describe(name_node)),
+            );
         };
         match name {
             "comment" => Ok(Op::Comment(self.single(node, name, args)?)),
@@ -161,7 +211,13 @@ impl Parser<'_> {
                     self.atom(key, "the name of env")?.to_string(),
                     self.atom(value, "the value of env")?.to_string(),
                 )),
-                _ => self.err(node, format!("env expects a name and a value: (env NAME VALUE), found {} arguments", args.len())),
+                _ => self.err(
+                    node,
+                    format!(
+                        "env expects a name and a value: (env NAME VALUE), found {} arguments",
+                        args.len()
+                    ),
+                ),
             },
             "run" => Ok(Op::Run(self.run(node, args)?)),
             "copy" => Ok(Op::Copy(self.copy(node, args, scope)?)),
@@ -171,7 +227,10 @@ impl Parser<'_> {
             other => {
                 let lower = other.to_ascii_lowercase();
                 if is_operation(&lower) {
-                    self.err(name_node, format!("operation names are lowercase: write {lower}, not {other}"))
+                    self.err(
+                        name_node,
+                        format!("operation names are lowercase: write {lower}, not {other}"),
+                    )
                 } else {
                     self.err(
                         name_node,
@@ -190,7 +249,10 @@ impl Parser<'_> {
     fn single(&self, node: &Node, name: &str, args: &[Node]) -> Result<String, SpecError> {
         match args {
             [value] => Ok(self.atom(value, &format!("the argument of {name}"))?.to_string()),
-            _ => self.err(node, format!("{name} expects exactly one argument, found {}", args.len())),
+            _ => self.err(
+                node,
+                format!("{name} expects exactly one argument, found {}", args.len()),
+            ),
         }
     }
 
@@ -199,7 +261,14 @@ impl Parser<'_> {
         for field in args {
             let items = field.list().unwrap_or(&[]);
             let Some(name) = items.first().and_then(Node::atom) else {
-                return self.err(field, format!("{op} fields are lists like ({} ...), found {}", allowed[0], describe(field)));
+                return self.err(
+                    field,
+                    format!(
+                        "{op} fields are lists like ({} ...), found {}",
+                        allowed[0],
+                        describe(field)
+                    ),
+                );
             };
             if !allowed.contains(&name) {
                 return self.err(
@@ -224,7 +293,10 @@ impl Parser<'_> {
         let name = head(field).unwrap_or("field");
         match values {
             [value] => Ok(self.atom(value, &format!("the value of {name} in {op}"))?.to_string()),
-            _ => self.err(field, format!("{name} in {op} expects exactly one value, found {}", values.len())),
+            _ => self.err(
+                field,
+                format!("{name} in {op} expects exactly one value, found {}", values.len()),
+            ),
         }
     }
 
@@ -235,11 +307,17 @@ impl Parser<'_> {
         };
         let shell = self.field_value("run", field, values)?;
         let cache = match fields.get("cache") {
-            Some((_, entries)) => entries.iter().map(|e| self.mount(e, "cache")).collect::<Result<_, _>>()?,
+            Some((_, entries)) => entries
+                .iter()
+                .map(|e| self.mount(e, "cache"))
+                .collect::<Result<_, _>>()?,
             None => Vec::new(),
         };
         let secrets = match fields.get("secrets") {
-            Some((_, entries)) => entries.iter().map(|e| self.mount(e, "secret")).collect::<Result<_, _>>()?,
+            Some((_, entries)) => entries
+                .iter()
+                .map(|e| self.mount(e, "secret"))
+                .collect::<Result<_, _>>()?,
             None => Vec::new(),
         };
         let network = match fields.get("network") {
@@ -259,14 +337,22 @@ impl Parser<'_> {
             }
             None => Vec::new(),
         };
-        Ok(Run { shell, cache, network, secrets })
+        Ok(Run {
+            shell,
+            cache,
+            network,
+            secrets,
+        })
     }
 
     /// A cache or secret entry: `(ID (target PATH) [(buildkit_options ...)])`.
     fn mount(&self, node: &Node, kind: &str) -> Result<Mount, SpecError> {
         let items = node.list().unwrap_or(&[]);
         let Some((id, rest)) = items.split_first() else {
-            return self.err(node, format!("a {kind} entry is (ID (target PATH)), found {}", describe(node)));
+            return self.err(
+                node,
+                format!("a {kind} entry is (ID (target PATH)), found {}", describe(node)),
+            );
         };
         let id = self.atom(id, &format!("a {kind} id"))?.to_string();
         let what = format!("{kind} \"{id}\"");
@@ -280,7 +366,11 @@ impl Parser<'_> {
             Some((_, values)) => self.buildkit_options(values)?,
             None => Vec::new(),
         };
-        Ok(Mount { id, target, buildkit_options })
+        Ok(Mount {
+            id,
+            target,
+            buildkit_options,
+        })
     }
 
     /// Both `((K V) ...)` (OBuilder's form) and `(K V) ...`.
@@ -298,7 +388,10 @@ impl Parser<'_> {
                     self.atom(key, "a buildkit option name")?.to_string(),
                     self.atom(value, "a buildkit option value")?.to_string(),
                 )),
-                _ => self.err(pair, format!("a buildkit option is a (KEY VALUE) pair, found {}", describe(pair))),
+                _ => self.err(
+                    pair,
+                    format!("a buildkit option is a (KEY VALUE) pair, found {}", describe(pair)),
+                ),
             })
             .collect()
     }
@@ -309,7 +402,10 @@ impl Parser<'_> {
             None => CopyFrom::Context,
             Some((field, values)) => {
                 let [value] = values else {
-                    return self.err(field, format!("from in copy expects exactly one value, found {}", values.len()));
+                    return self.err(
+                        field,
+                        format!("from in copy expects exactly one value, found {}", values.len()),
+                    );
                 };
                 self.copy_from(node, value, scope)?
             }
@@ -335,7 +431,12 @@ impl Parser<'_> {
             Some((_, values)) => self.atoms(values, "an exclude of copy")?,
             None => Vec::new(),
         };
-        Ok(Copy { from, src, dst, exclude })
+        Ok(Copy {
+            from,
+            src,
+            dst,
+            exclude,
+        })
     }
 
     fn copy_from(&self, copy: &Node, value: &Node, scope: &[String]) -> Result<CopyFrom, SpecError> {
@@ -343,10 +444,16 @@ impl Parser<'_> {
             return Ok(CopyFrom::Context);
         }
         let Some([keyword, name]) = value.list() else {
-            return self.err(value, format!("copy's from is context or (build NAME), found {}", describe(value)));
+            return self.err(
+                value,
+                format!("copy's from is context or (build NAME), found {}", describe(value)),
+            );
         };
         if keyword.atom() != Some("build") {
-            return self.err(value, format!("copy's from is context or (build NAME), found {}", describe(value)));
+            return self.err(
+                value,
+                format!("copy's from is context or (build NAME), found {}", describe(value)),
+            );
         }
         let name = self.atom(name, "a build's name")?;
         if scope.iter().any(|s| s == name) {
@@ -372,7 +479,10 @@ impl Parser<'_> {
         match (fields.get("name"), uid, gid) {
             (Some((field, values)), None, None) => Ok(User::Name(self.field_value("user", field, values)?)),
             (Some(_), _, _) => self.err(node, "user takes (uid N) (gid M) or (name NAME), not both"),
-            (None, Some(uid), Some(gid)) => Ok(User::Unix { uid: self.id(uid, "uid")?, gid: self.id(gid, "gid")? }),
+            (None, Some(uid), Some(gid)) => Ok(User::Unix {
+                uid: self.id(uid, "uid")?,
+                gid: self.id(gid, "gid")?,
+            }),
             (None, Some(_), None) => self.err(node, "user is missing (gid N)"),
             (None, None, Some(_)) => self.err(node, "user is missing (uid N)"),
             (None, None, None) => self.err(node, "user needs (uid N) (gid M) or (name NAME)"),
@@ -382,7 +492,10 @@ impl Parser<'_> {
     fn id(&self, (field, values): (&Node, &[Node]), name: &str) -> Result<u32, SpecError> {
         let text = self.field_value("user", field, values)?;
         parse_ocaml_uint(&text).ok_or_else(|| {
-            self.error(values[0].span, format!("{name} must be a non-negative integer, found \"{text}\""))
+            self.error(
+                values[0].span,
+                format!("{name} must be a non-negative integer, found \"{text}\""),
+            )
         })
     }
 }
@@ -507,7 +620,11 @@ mod tests {
                     buildkit_options: vec![("sharing".into(), "locked".into())]
                 }],
                 network: vec!["host".into()],
-                secrets: vec![Mount { id: "tok".into(), target: "/t".into(), buildkit_options: vec![] }],
+                secrets: vec![Mount {
+                    id: "tok".into(),
+                    target: "/t".into(),
+                    buildkit_options: vec![]
+                }],
             })
         );
         assert_eq!(
@@ -521,7 +638,12 @@ mod tests {
         );
         assert_eq!(
             ops[6],
-            Op::Copy(Copy { from: CopyFrom::Context, src: vec![".".into()], dst: "/y".into(), exclude: vec![] })
+            Op::Copy(Copy {
+                from: CopyFrom::Context,
+                src: vec![".".into()],
+                dst: "/y".into(),
+                exclude: vec![]
+            })
         );
         assert_eq!(ops[7], Op::User(User::Unix { uid: 1, gid: 2 }));
         assert_eq!(ops[8], Op::User(User::Name("bob".into())));
@@ -530,16 +652,27 @@ mod tests {
 
     #[test]
     fn quirk_fixes() {
-        assert_eq!(ops("((from a) (user (gid 2) (uid 1)))"), vec![Op::User(User::Unix { uid: 1, gid: 2 })]);
-        let flat = ops("((from a) (run (cache (c (target /c) (buildkit_options (sharing locked) (mode 0700)))) (shell x)))");
+        assert_eq!(
+            ops("((from a) (user (gid 2) (uid 1)))"),
+            vec![Op::User(User::Unix { uid: 1, gid: 2 })]
+        );
+        let flat =
+            ops("((from a) (run (cache (c (target /c) (buildkit_options (sharing locked) (mode 0700)))) (shell x)))");
         let nested =
             ops("((from a) (run (cache (c (target /c) (buildkit_options ((sharing locked) (mode 0700))))) (shell x)))");
         assert_eq!(flat, nested);
-        let Op::Run(run) = &ops("((from a) (run (secrets (token)) (shell x)))")[0] else { panic!() };
+        let Op::Run(run) = &ops("((from a) (run (secrets (token)) (shell x)))")[0] else {
+            panic!()
+        };
         assert_eq!(run.secrets[0].target, "/run/secrets/token");
-        let Op::Run(run) = &ops("((from a) (run (network) (cache) (shell x)))")[0] else { panic!() };
+        let Op::Run(run) = &ops("((from a) (run (network) (cache) (shell x)))")[0] else {
+            panic!()
+        };
         assert!(run.network.is_empty() && run.cache.is_empty());
-        assert_eq!(ops("((from a) (user (uid 0x10) (gid 1_000)))"), vec![Op::User(User::Unix { uid: 16, gid: 1000 })]);
+        assert_eq!(
+            ops("((from a) (user (uid 0x10) (gid 1_000)))"),
+            vec![Op::User(User::Unix { uid: 16, gid: 1000 })]
+        );
     }
 
     #[test]
@@ -549,8 +682,10 @@ mod tests {
         parse("((build a ((from x))) (build b ((build c ((from x) (copy (from (build a)) (src f) (dst g)))) (from x))) (from x))")
             .unwrap();
         // A later sibling is not visible.
-        assert!(err("((build b ((from x) (copy (from (build a)) (src f) (dst g)))) (build a ((from x))) (from x))")
-            .contains("unknown build \"a\""));
+        assert!(
+            err("((build b ((from x) (copy (from (build a)) (src f) (dst g)))) (build a ((from x))) (from x))")
+                .contains("unknown build \"a\"")
+        );
         // A build nested in a child is not visible outside it.
         assert_eq!(
             err("((build a ((build inner ((from x))) (from x)))\n (from x)\n (copy (from (build inner)) (src f) (dst g)))"),

@@ -147,15 +147,27 @@ pub(crate) enum Body {
     /// Written on one line (multi-line strings aside).
     Line(Sexp),
     /// `(run FIELD...)` (always one field per line) or `(copy FIELD...)` (one line if it fits).
-    Fields { op: String, fields: Vec<Item>, always_vertical: bool },
+    Fields {
+        op: String,
+        fields: Vec<Item>,
+        always_vertical: bool,
+    },
     /// `(build NAME` then, on the next lines, comments and the nested spec.
-    Build { name: String, spec_leading: Vec<String>, items: Vec<Item> },
+    Build {
+        name: String,
+        spec_leading: Vec<String>,
+        items: Vec<Item>,
+    },
 }
 
 impl Item {
     /// The layout of a canonical item, without comments.
     pub fn plain(sexp: Sexp) -> Item {
-        Item { leading: Vec::new(), trailing: None, body: Body::of(sexp) }
+        Item {
+            leading: Vec::new(),
+            trailing: None,
+            body: Body::of(sexp),
+        }
     }
 }
 
@@ -259,7 +271,11 @@ impl Writer {
     fn item(&mut self, item: &Item) {
         match &item.body {
             Body::Line(sexp) => self.one_line(sexp, true),
-            Body::Fields { op, fields, always_vertical } => {
+            Body::Fields {
+                op,
+                fields,
+                always_vertical,
+            } => {
                 self.text("(");
                 self.text(op);
                 self.text(" ");
@@ -283,7 +299,11 @@ impl Writer {
                 }
                 self.text(")");
             }
-            Body::Build { name, spec_leading, items } => {
+            Body::Build {
+                name,
+                spec_leading,
+                items,
+            } => {
                 self.text("(build ");
                 let column = self.col;
                 self.atom(name, true);

@@ -104,7 +104,15 @@ pub fn read_document(file: &Path, text: &str) -> Result<Document, SpecError> {
     let mut reader = Reader::new(file, text);
     let leading = reader.skip_trivia(0)?;
     if reader.at_end() {
-        return Err(reader.error_at(Span { start: 0, end: 0, line: 1, col: 1 }, "empty file: expected one S-expression"));
+        return Err(reader.error_at(
+            Span {
+                start: 0,
+                end: 0,
+                line: 1,
+                col: 1,
+            },
+            "empty file: expected one S-expression",
+        ));
     }
     let mut root = reader.read_datum(0)?;
     root.leading = leading;
@@ -150,7 +158,14 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn new(file: &'a Path, text: &'a str) -> Reader<'a> {
-        Reader { file, text, bytes: text.as_bytes(), pos: 0, line: 1, col: 1 }
+        Reader {
+            file,
+            text,
+            bytes: text.as_bytes(),
+            pos: 0,
+            line: 1,
+            col: 1,
+        }
     }
 
     fn at_end(&self) -> bool {
@@ -167,7 +182,12 @@ impl<'a> Reader<'a> {
 
     /// A zero-width span at the current position.
     fn here(&self) -> Span {
-        Span { start: self.pos, end: self.pos, line: self.line, col: self.col }
+        Span {
+            start: self.pos,
+            end: self.pos,
+            line: self.line,
+            col: self.col,
+        }
     }
 
     /// Advances one byte, keeping line and column (columns count characters, not bytes).
@@ -184,7 +204,11 @@ impl<'a> Reader<'a> {
     }
 
     fn error_at(&self, span: Span, message: impl Into<String>) -> SpecError {
-        SpecError { file: self.file.to_path_buf(), span, message: message.into() }
+        SpecError {
+            file: self.file.to_path_buf(),
+            span,
+            message: message.into(),
+        }
     }
 
     fn finish(&self, mut span: Span) -> Span {
@@ -250,7 +274,10 @@ impl<'a> Reader<'a> {
 
     fn comment(&self, start: Span) -> Comment {
         let span = self.finish(start);
-        Comment { text: self.text[span.start..span.end].to_string(), span }
+        Comment {
+            text: self.text[span.start..span.end].to_string(),
+            span,
+        }
     }
 
     /// Skips a `#| ... |#` block comment (nested ones and quoted strings inside included).
@@ -291,17 +318,23 @@ impl<'a> Reader<'a> {
                 Ok(self.leaf(start, NodeKind::Atom { value, quoted: true }))
             }
             Some(_) => {
-                while let Some(b) = self.peek() {
-                    if ends_bare_atom(b) {
-                        break;
-                    }
-                    self.bump();
-                }
+                // A bare atom never contains a newline, so only the column moves.
+                let rest = &self.bytes[self.pos..];
+                let len = rest.iter().position(|&b| ends_bare_atom(b)).unwrap_or(rest.len());
+                let chars = rest[..len].iter().filter(|&&b| b & 0xc0 != 0x80).count();
+                self.pos += len;
+                self.col = self.col.saturating_add(u32::try_from(chars).unwrap_or(u32::MAX));
                 let value = &self.text[start.start..self.pos];
                 if value.contains("#|") || value.contains("|#") {
                     return Err(self.error_at(self.finish(start), "comment tokens `#|` or `|#` in unquoted atom"));
                 }
-                Ok(self.leaf(start, NodeKind::Atom { value: value.to_string(), quoted: false }))
+                Ok(self.leaf(
+                    start,
+                    NodeKind::Atom {
+                        value: value.to_string(),
+                        quoted: false,
+                    },
+                ))
             }
             None => Err(self.error_at(start, "unexpected end of file")),
         }
@@ -370,15 +403,27 @@ impl<'a> Reader<'a> {
                     self.bump();
                     self.escape(escape, &mut out)?;
                 }
-                _ => {
+                b'\n' => {
                     out.push(b);
                     self.bump();
                 }
+                _ => {
+                    // A run of plain bytes on one line: copy it at once.
+                    let rest = &self.bytes[self.pos..];
+                    let len = rest
+                        .iter()
+                        .position(|&b| matches!(b, b'"' | b'\\' | b'\n'))
+                        .unwrap_or(rest.len());
+                    let run = &rest[..len];
+                    out.extend_from_slice(run);
+                    let chars = run.iter().filter(|&&b| b & 0xc0 != 0x80).count();
+                    self.pos += len;
+                    self.col = self.col.saturating_add(u32::try_from(chars).unwrap_or(u32::MAX));
+                }
             }
         }
-        String::from_utf8(out).map_err(|_| {
-            self.error_at(self.finish(start), "bad escape: the decoded string is not valid UTF-8")
-        })
+        String::from_utf8(out)
+            .map_err(|_| self.error_at(self.finish(start), "bad escape: the decoded string is not valid UTF-8"))
     }
 
     /// Decodes the escape after a backslash (already consumed; `escape` is its position).
@@ -416,7 +461,10 @@ impl<'a> Reader<'a> {
             let Ok(byte) = u8::try_from(value) else {
                 let mut span = escape;
                 span.end = self.pos + 3;
-                return Err(self.error_at(span, format!("bad escape `\\{value:03}`: decimal escapes go up to \\255")));
+                return Err(self.error_at(
+                    span,
+                    format!("bad escape `\\{value:03}`: decimal escapes go up to \\255"),
+                ));
             };
             out.push(byte);
             for _ in 0..3 {
@@ -497,7 +545,10 @@ mod tests {
     #[test]
     fn comments() {
         assert_eq!(read("; lead\n(a ; x\n b) ; after\n").unwrap().to_machine(), "(a b)");
-        assert_eq!(read("(a #| block #| nested |# \"|#\" |# b)").unwrap().to_machine(), "(a b)");
+        assert_eq!(
+            read("(a #| block #| nested |# \"|#\" |# b)").unwrap().to_machine(),
+            "(a b)"
+        );
         assert_eq!(read("(a #; (ignored (x)) b #;c)").unwrap().to_machine(), "(a b)");
         assert_eq!(read("(a #; #; x y b)").unwrap().to_machine(), "(a b)");
         assert_eq!(read("(a;x\nb)").unwrap().to_machine(), "(a b)");
@@ -506,8 +557,11 @@ mod tests {
 
     #[test]
     fn comments_are_attached() {
-        let doc = read_document(Path::new("t"), "; top\n(a ; after a\n ; before b\n b #| x |#\n ; closing\n) ; end\n; later\n")
-            .unwrap();
+        let doc = read_document(
+            Path::new("t"),
+            "; top\n(a ; after a\n ; before b\n b #| x |#\n ; closing\n) ; end\n; later\n",
+        )
+        .unwrap();
         assert_eq!(doc.root.leading[0].text, "; top");
         let items = doc.root.list().unwrap();
         assert_eq!(items[0].trailing[0].text, "; after a");
@@ -531,19 +585,40 @@ mod tests {
 
     #[test]
     fn errors_with_positions() {
-        assert_eq!(err("(a\n (b)"), "t.spec:1:1: error: unbalanced parentheses: this `(` is never closed");
+        assert_eq!(
+            err("(a\n (b)"),
+            "t.spec:1:1: error: unbalanced parentheses: this `(` is never closed"
+        );
         assert_eq!(err("(a))"), "t.spec:1:4: error: more than one S-expression in file");
         assert_eq!(err(")"), "t.spec:1:1: error: unbalanced parentheses: unexpected `)`");
         assert_eq!(err("(a)\n(b)"), "t.spec:2:1: error: more than one S-expression in file");
         assert_eq!(err(""), "t.spec:1:1: error: empty file: expected one S-expression");
-        assert_eq!(err(" ; only a comment\n"), "t.spec:1:1: error: empty file: expected one S-expression");
+        assert_eq!(
+            err(" ; only a comment\n"),
+            "t.spec:1:1: error: empty file: expected one S-expression"
+        );
         assert_eq!(err("(a \"bc)"), "t.spec:1:4: error: unterminated string");
-        assert_eq!(err("(a\n \"\\256\")"), "t.spec:2:3: error: bad escape `\\256`: decimal escapes go up to \\255");
-        assert_eq!(err("\"\\255\""), "t.spec:1:1: error: bad escape: the decoded string is not valid UTF-8");
+        assert_eq!(
+            err("(a\n \"\\256\")"),
+            "t.spec:2:3: error: bad escape `\\256`: decimal escapes go up to \\255"
+        );
+        assert_eq!(
+            err("\"\\255\""),
+            "t.spec:1:1: error: bad escape: the decoded string is not valid UTF-8"
+        );
         assert_eq!(err("(a #| x"), "t.spec:1:4: error: unterminated block comment `#|`");
-        assert_eq!(err("(a |# x)"), "t.spec:1:4: error: illegal end of comment `|#` outside a block comment");
-        assert_eq!(err("(a b#|c)"), "t.spec:1:4: error: comment tokens `#|` or `|#` in unquoted atom");
-        assert_eq!(err("(a #;)"), "t.spec:1:4: error: datum comment `#;` is not followed by an S-expression");
+        assert_eq!(
+            err("(a |# x)"),
+            "t.spec:1:4: error: illegal end of comment `|#` outside a block comment"
+        );
+        assert_eq!(
+            err("(a b#|c)"),
+            "t.spec:1:4: error: comment tokens `#|` or `|#` in unquoted atom"
+        );
+        assert_eq!(
+            err("(a #;)"),
+            "t.spec:1:4: error: datum comment `#;` is not followed by an S-expression"
+        );
         let deep = "(".repeat(10_000);
         assert!(err(&deep).contains("nested more than"));
     }

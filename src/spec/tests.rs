@@ -32,12 +32,28 @@ fn assert_round_trip(text: &str) {
     let spec = parse_spec(file(), text).unwrap();
     let canonical = to_sexp(&spec);
     let machine = canonical.to_machine();
-    assert_eq!(to_sexp(&parse_spec(file(), &machine).unwrap()), canonical, "machine form {machine}");
+    assert_eq!(
+        to_sexp(&parse_spec(file(), &machine).unwrap()),
+        canonical,
+        "machine form {machine}"
+    );
     let readable = pretty(&spec);
-    assert_eq!(to_sexp(&parse_spec(file(), &readable).unwrap()), canonical, "readable form {readable}");
+    assert_eq!(
+        to_sexp(&parse_spec(file(), &readable).unwrap()),
+        canonical,
+        "readable form {readable}"
+    );
     let formatted = format_source(file(), text).unwrap();
-    assert_eq!(to_sexp(&parse_spec(file(), &formatted).unwrap()), canonical, "fmt output {formatted}");
-    assert_eq!(format_source(file(), &formatted).unwrap(), formatted, "fmt is not idempotent");
+    assert_eq!(
+        to_sexp(&parse_spec(file(), &formatted).unwrap()),
+        canonical,
+        "fmt output {formatted}"
+    );
+    assert_eq!(
+        format_source(file(), &formatted).unwrap(),
+        formatted,
+        "fmt is not idempotent"
+    );
 }
 
 #[test]
@@ -86,10 +102,25 @@ fn examples_cover_every_operation_and_round_trip() {
         let text = std::fs::read_to_string(path).unwrap();
         assert_round_trip(&text);
         // The examples are kept in canonical layout.
-        assert_eq!(format_source(path, &text).unwrap(), text, "{} is not fmt-clean", path.display());
+        assert_eq!(
+            format_source(path, &text).unwrap(),
+            text,
+            "{} is not fmt-clean",
+            path.display()
+        );
     }
     let expected = [
-        "build", "cache", "comment", "copy", "copy-from-build", "env", "exclude", "run", "secrets", "shell", "user",
+        "build",
+        "cache",
+        "comment",
+        "copy",
+        "copy-from-build",
+        "env",
+        "exclude",
+        "run",
+        "secrets",
+        "shell",
+        "user",
         "workdir",
     ];
     for op in expected {
@@ -126,17 +157,32 @@ fn tricky_strings_round_trip() {
                 Op::Comment(s.into()),
                 Op::Env(s.into(), s.into()),
                 Op::Shell(vec![s.into(), s.into()]),
-                Op::Run(Run { shell: s.into(), ..Run::default() }),
-                Op::Copy(Copy { from: CopyFrom::Context, src: vec![s.into()], dst: s.into(), exclude: vec![s.into()] }),
+                Op::Run(Run {
+                    shell: s.into(),
+                    ..Run::default()
+                }),
+                Op::Copy(Copy {
+                    from: CopyFrom::Context,
+                    src: vec![s.into()],
+                    dst: s.into(),
+                    exclude: vec![s.into()],
+                }),
             ]
             .into_iter()
-            .map(|op| OpItem { op, span: Span::default() })
+            .map(|op| OpItem {
+                op,
+                span: Span::default(),
+            })
             .collect(),
         };
         let canonical = to_sexp(&spec);
         assert_round_trip(&canonical.to_machine());
         assert_round_trip(&pretty(&spec));
-        assert_eq!(to_sexp(&parse_spec(file(), &pretty(&spec)).unwrap()), canonical, "{s:?}");
+        assert_eq!(
+            to_sexp(&parse_spec(file(), &pretty(&spec)).unwrap()),
+            canonical,
+            "{s:?}"
+        );
     }
 }
 
@@ -183,7 +229,10 @@ fn fmt_keeps_comments_and_is_idempotent() {
     let formatted = format_source(file(), COMMENTED).unwrap();
     assert_eq!(formatted, COMMENTED_FORMATTED);
     assert_eq!(format_source(file(), &formatted).unwrap(), formatted);
-    assert_eq!(to_sexp(&parse_spec(file(), COMMENTED).unwrap()), to_sexp(&parse_spec(file(), &formatted).unwrap()));
+    assert_eq!(
+        to_sexp(&parse_spec(file(), COMMENTED).unwrap()),
+        to_sexp(&parse_spec(file(), &formatted).unwrap())
+    );
 }
 
 #[test]
@@ -210,37 +259,65 @@ fn any_atom() -> impl Strategy<Value = String> {
 
 fn any_sexp() -> impl Strategy<Value = Sexp> {
     let leaf = any_atom().prop_map(Sexp::Atom);
-    leaf.prop_recursive(4, 32, 6, |inner| prop::collection::vec(inner, 0..6).prop_map(Sexp::List))
+    leaf.prop_recursive(4, 32, 6, |inner| {
+        prop::collection::vec(inner, 0..6).prop_map(Sexp::List)
+    })
 }
 
 fn any_mount() -> impl Strategy<Value = Mount> {
-    (any_atom(), any_atom(), prop::collection::vec((any_atom(), any_atom()), 0..3))
-        .prop_map(|(id, target, buildkit_options)| Mount { id, target, buildkit_options })
+    (
+        any_atom(),
+        any_atom(),
+        prop::collection::vec((any_atom(), any_atom()), 0..3),
+    )
+        .prop_map(|(id, target, buildkit_options)| Mount {
+            id,
+            target,
+            buildkit_options,
+        })
 }
 
 fn any_op(stages: Vec<String>) -> impl Strategy<Value = Op> {
     let from = if stages.is_empty() {
         Just(CopyFrom::Context).boxed()
     } else {
-        prop_oneof![Just(CopyFrom::Context), prop::sample::select(stages).prop_map(CopyFrom::Build)].boxed()
+        prop_oneof![
+            Just(CopyFrom::Context),
+            prop::sample::select(stages).prop_map(CopyFrom::Build)
+        ]
+        .boxed()
     };
     prop_oneof![
         any_atom().prop_map(Op::Comment),
         any_atom().prop_map(Op::Workdir),
         prop::collection::vec(any_atom(), 0..4).prop_map(Op::Shell),
-        (any_atom(), prop::collection::vec(any_mount(), 0..3), any::<bool>(), prop::collection::vec(any_mount(), 0..3))
+        (
+            any_atom(),
+            prop::collection::vec(any_mount(), 0..3),
+            any::<bool>(),
+            prop::collection::vec(any_mount(), 0..3)
+        )
             .prop_map(|(shell, cache, host, secrets)| Op::Run(Run {
                 shell,
                 cache,
                 network: if host { vec!["host".to_string()] } else { Vec::new() },
                 secrets
             })),
-        (from, prop::collection::vec(any_atom(), 1..4), any_atom(), prop::collection::vec(any_atom(), 0..3)).prop_map(
-            |(from, src, dst, exclude)| {
+        (
+            from,
+            prop::collection::vec(any_atom(), 1..4),
+            any_atom(),
+            prop::collection::vec(any_atom(), 0..3)
+        )
+            .prop_map(|(from, src, dst, exclude)| {
                 let dst = if src.len() > 1 { format!("{dst}/") } else { dst };
-                Op::Copy(Copy { from, src, dst, exclude })
-            }
-        ),
+                Op::Copy(Copy {
+                    from,
+                    src,
+                    dst,
+                    exclude,
+                })
+            }),
         (any::<u32>(), any::<u32>()).prop_map(|(uid, gid)| Op::User(User::Unix { uid, gid })),
         any_atom().prop_map(|name| Op::User(User::Name(name))),
         (any_atom(), any_atom()).prop_map(|(k, v)| Op::Env(k, v)),
@@ -265,11 +342,21 @@ fn any_spec_with(depth: u32, scope: Vec<String>) -> BoxedStrategy<Spec> {
             stages: names
                 .into_iter()
                 .zip(specs)
-                .map(|(name, spec)| Stage { name, span: Span::default(), spec })
+                .map(|(name, spec)| Stage {
+                    name,
+                    span: Span::default(),
+                    spec,
+                })
                 .collect(),
             from,
             from_span: Span::default(),
-            ops: ops.into_iter().map(|op| OpItem { op, span: Span::default() }).collect(),
+            ops: ops
+                .into_iter()
+                .map(|op| OpItem {
+                    op,
+                    span: Span::default(),
+                })
+                .collect(),
         })
         .boxed()
 }
