@@ -182,7 +182,7 @@ impl Parser<'_> {
             .ok_or_else(|| self.error(node.span, format!("{what} must be an atom, found {}", describe(node))))
     }
 
-    fn atoms<'n>(&self, values: &'n [Node], what: &str) -> Result<Vec<String>, SpecError> {
+    fn atoms(&self, values: &[Node], what: &str) -> Result<Vec<String>, SpecError> {
         values.iter().map(|v| self.atom(v, what).map(str::to_string)).collect()
     }
 

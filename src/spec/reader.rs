@@ -318,12 +318,12 @@ impl<'a> Reader<'a> {
                 Ok(self.leaf(start, NodeKind::Atom { value, quoted: true }))
             }
             Some(_) => {
-                while let Some(b) = self.peek() {
-                    if ends_bare_atom(b) {
-                        break;
-                    }
-                    self.bump();
-                }
+                // A bare atom never contains a newline, so only the column moves.
+                let rest = &self.bytes[self.pos..];
+                let len = rest.iter().position(|&b| ends_bare_atom(b)).unwrap_or(rest.len());
+                let chars = rest[..len].iter().filter(|&&b| b & 0xc0 != 0x80).count();
+                self.pos += len;
+                self.col = self.col.saturating_add(u32::try_from(chars).unwrap_or(u32::MAX));
                 let value = &self.text[start.start..self.pos];
                 if value.contains("#|") || value.contains("|#") {
                     return Err(self.error_at(self.finish(start), "comment tokens `#|` or `|#` in unquoted atom"));
@@ -403,9 +403,22 @@ impl<'a> Reader<'a> {
                     self.bump();
                     self.escape(escape, &mut out)?;
                 }
-                _ => {
+                b'\n' => {
                     out.push(b);
                     self.bump();
+                }
+                _ => {
+                    // A run of plain bytes on one line: copy it at once.
+                    let rest = &self.bytes[self.pos..];
+                    let len = rest
+                        .iter()
+                        .position(|&b| matches!(b, b'"' | b'\\' | b'\n'))
+                        .unwrap_or(rest.len());
+                    let run = &rest[..len];
+                    out.extend_from_slice(run);
+                    let chars = run.iter().filter(|&&b| b & 0xc0 != 0x80).count();
+                    self.pos += len;
+                    self.col = self.col.saturating_add(u32::try_from(chars).unwrap_or(u32::MAX));
                 }
             }
         }

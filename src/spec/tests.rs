@@ -403,7 +403,9 @@ proptest! {
     fn fmt_with_comments_is_idempotent(spec in any_spec(), seeds in prop::collection::vec(0u8..4, 64)) {
         let readable = pretty(&spec);
         // Only safe where no string spans lines.
-        prop_assume!(!readable.contains("\\\n"));
+        if readable.contains("\\\n") {
+            return Ok(());
+        }
         let mut text = String::new();
         let mut inserted = 0;
         for (index, line) in readable.lines().enumerate() {
