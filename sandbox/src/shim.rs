@@ -236,6 +236,10 @@ unsafe fn errno() -> i32 {
 /// The shim process. Never returns.
 unsafe fn shim_main(args: &ChildArgs) -> ! {
     libc::close(args.events_read);
+    // fork copied every descriptor of strata, including other steps' output pipes (close-on-exec
+    // does not apply: the shim never execs). Holding one would keep that step's pipe open
+    // until this step ends, so keep only what the shim needs.
+    close_all_but(&mut [args.stdin, args.output, args.events]);
     // Out of the terminal's foreground process group: a Ctrl-C reaches strata, which then
     // stops the container; the shim must live until the container is gone.
     libc::setpgid(0, 0);
@@ -323,6 +327,40 @@ unsafe fn run_runtime(args: &ChildArgs) -> ! {
     libc::_exit(127);
 }
 
+/// Closes every descriptor from 3 up except `keep` (sorted in place).
+unsafe fn close_all_but(keep: &mut [RawFd; 3]) {
+    keep.sort_unstable();
+    let mut low: u32 = 3;
+    for &fd in keep.iter() {
+        let Ok(fd) = u32::try_from(fd) else { continue };
+        if fd >= low {
+            if fd > low {
+                close_range(low, fd - 1);
+            }
+            low = fd + 1;
+        }
+    }
+    close_range(low, u32::MAX);
+}
+
+/// close_range(2), with a loop for kernels older than 5.9.
+unsafe fn close_range(first: u32, last: u32) {
+    if libc::close_range(first, last, 0) == 0 {
+        return;
+    }
+    let mut limit: libc::rlimit = std::mem::zeroed();
+    let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+        limit.rlim_cur.min(1 << 20) as u32
+    } else {
+        1024
+    };
+    let mut fd = first;
+    while fd <= last && fd < max {
+        libc::close(fd as libc::c_int);
+        fd += 1;
+    }
+}
+
 /// Reaps every remaining child (non-blocking) and exits.
 unsafe fn reap_all_and_exit() -> ! {
     let mut status = 0;
@@ -404,6 +442,30 @@ mod tests {
         let mut out = String::new();
         File::from(read_end).read_to_string(&mut out).unwrap();
         assert_eq!(out, "from-runtime\nfrom-child\n");
+    }
+
+    #[test]
+    fn shim_does_not_hold_other_descriptors() {
+        // A pipe open in strata while the shim forks (another step's output) must reach
+        // end-of-file when strata closes it, even though this shim is still running.
+        let (other_read, other_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let script = format!("sleep 1 & echo $! > {}", pid_file.display());
+        let cmd = ShimCommand::new(Path::new("/bin/sh"), &["-c".into(), script.into()], &pid_file, false).unwrap();
+        let (_read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let mut shim = spawn(&cmd, write_end).unwrap();
+        assert!(matches!(shim.next_event().unwrap(), Some(ShimEvent::Started(_))));
+        drop(other_write);
+        let started = std::time::Instant::now();
+        let mut buf = Vec::new();
+        File::from(other_read).read_to_end(&mut buf).unwrap();
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(500),
+            "the shim held the pipe"
+        );
+        assert!(matches!(shim.next_event().unwrap(), Some(ShimEvent::Ended(0))));
+        shim.reap();
     }
 
     #[test]
