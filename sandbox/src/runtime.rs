@@ -1,11 +1,17 @@
-//! The OCI runtime backend: runs each step with `runc run` or `crun run` in a bundle of its own.
+//! The OCI runtime backend: runs each step under runc or crun in a bundle of its own.
 //!
 //! Per step: a bundle `<bundle parent>/strata-<owner>-<n>` (mode 0700) holding `config.json`,
 //! `hosts`, the runtime's own log and a private tmpfs with the secrets; the container id is the
 //! bundle's name; the runtime keeps its state under `<state dir>/<runtime name>` (`--root`), so
 //! strata can find and remove its own containers. stdin is /dev/null; stdout and stderr share
-//! one pipe, copied to the [`LogSink`] as it arrives. The runtime's own errors go to its
-//! `--log` file (JSON lines), which tells a runtime failure from the step's non-zero exit.
+//! one pipe, copied to the [`LogSink`] as it arrives.
+//!
+//! The runtime is started as `run --detach` by a small forked [`crate::shim`] that is a child
+//! subreaper: in the foreground runc copies stdout and stderr through two pipes of its own and
+//! loses their order, while a detached container inherits our one pipe as is. The shim waits
+//! for the container's init process and reports its real exit status (a signal is a signal,
+//! not 128+N). The runtime's own errors go to its `--log` file (JSON lines), which tells a
+//! runtime failure (the config refused, the command not found) from the step's non-zero exit.
 //!
 //! Invariant: [`OciSandbox::run`] returns only after the container is gone (killed, waited
 //! for, deleted) and the bundle removed, whatever happened; a [`StepGuard`] does it on every
@@ -85,6 +91,24 @@ fn minimum_version(flavour: Flavour, program: &Path) -> Option<(u32, u32, u32)> 
     }
 }
 
+/// The version in a runtime's `--version` line, if it is recent enough.
+fn check_version(name: &str, flavour: Flavour, program: &Path, line: &str) -> Result<(u32, u32, u32), SandboxError> {
+    let version = parse_version(line).ok_or_else(|| SandboxError::Runtime {
+        runtime: name.to_owned(),
+        stderr: format!("cannot read a version from --version output {line:?}"),
+    })?;
+    if let Some(minimum) = minimum_version(flavour, program) {
+        if version < minimum {
+            return Err(SandboxError::RuntimeTooOld {
+                runtime: name.to_owned(),
+                version: format!("{}.{}.{}", version.0, version.1, version.2),
+                minimum: format!("{}.{}.{}", minimum.0, minimum.1, minimum.2),
+            });
+        }
+    }
+    Ok(version)
+}
+
 /// Runs steps under an OCI runtime. See the module documentation.
 #[derive(Debug)]
 pub struct OciSandbox {
@@ -144,19 +168,7 @@ impl OciSandbox {
             .clone()
             .ok_or_else(|| SandboxError::RuntimeMissing(self.cli.requested.clone()))?;
         let line = self.cli.version_line()?;
-        let version = parse_version(&line).ok_or_else(|| SandboxError::Runtime {
-            runtime: self.cli.name(),
-            stderr: format!("cannot read a version from --version output {line:?}"),
-        })?;
-        if let Some(minimum) = minimum_version(self.cli.flavour, &program) {
-            if version < minimum {
-                return Err(SandboxError::RuntimeTooOld {
-                    runtime: self.cli.name(),
-                    version: format!("{}.{}.{}", version.0, version.1, version.2),
-                    minimum: format!("{}.{}.{}", minimum.0, minimum.1, minimum.2),
-                });
-            }
-        }
+        let version = check_version(&self.cli.name(), self.cli.flavour, &program, &line)?;
         Ok(RuntimeVersion { program, line, version })
     }
 
@@ -512,6 +524,30 @@ mod tests {
         .unwrap();
         assert_eq!(runtime_errors(&log), ["boom"]);
         assert!(runtime_errors(&dir.path().join("missing")).is_empty());
+    }
+
+    #[test]
+    fn versions_are_checked() {
+        let runc = Path::new("/usr/sbin/runc");
+        let crun = Path::new("/usr/bin/crun");
+        assert_eq!(
+            check_version("runc", Flavour::Runc, runc, "runc version 1.1.5+ds1").unwrap(),
+            (1, 1, 5)
+        );
+        assert!(matches!(
+            check_version("runc", Flavour::Runc, runc, "runc version 0.1.1"),
+            Err(SandboxError::RuntimeTooOld { .. })
+        ));
+        assert!(matches!(
+            check_version("crun", Flavour::Crun, crun, "crun version 0.17"),
+            Err(SandboxError::RuntimeTooOld { .. })
+        ));
+        // No known minimum for other runc-compatible runtimes.
+        assert!(check_version("youki", Flavour::Runc, Path::new("/bin/youki"), "youki version 0.3.0").is_ok());
+        assert!(matches!(
+            check_version("runc", Flavour::Runc, runc, "no version here"),
+            Err(SandboxError::Runtime { .. })
+        ));
     }
 
     #[test]

@@ -407,6 +407,95 @@ fn limits(rt: &'static str) {
     env.run_ok(&c);
 }
 
+/// Reads the step's cgroup v1 limit files from the host while the step runs: the step prints
+/// its `/proc/self/cgroup`, and the sink looks the paths up under /sys/fs/cgroup.
+#[derive(Default)]
+struct CgroupProbe {
+    seen: Mutex<Vec<(String, String)>>,
+    paths: Mutex<Vec<PathBuf>>,
+}
+
+impl LogSink for CgroupProbe {
+    fn write(&self, bytes: &[u8]) {
+        for line in String::from_utf8_lossy(bytes).lines() {
+            // `N:controller[,controller]:/path`
+            let mut parts = line.splitn(3, ':');
+            let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+                continue;
+            };
+            let files: &[(&str, &str)] = &[
+                ("memory", "memory.limit_in_bytes"),
+                ("cpu", "cpu.cfs_quota_us"),
+                ("pids", "pids.max"),
+            ];
+            for (controller, file) in files {
+                if controllers.split(',').any(|c| c == *controller) {
+                    let dir = Path::new("/sys/fs/cgroup")
+                        .join(controller)
+                        .join(path.trim_start_matches('/'));
+                    let value = fs::read_to_string(dir.join(file)).unwrap_or_else(|e| format!("unreadable: {e}"));
+                    self.seen
+                        .lock()
+                        .unwrap()
+                        .push((file.to_string(), value.trim().to_owned()));
+                    self.paths.lock().unwrap().push(dir);
+                }
+            }
+        }
+    }
+}
+
+fn cgroup_limits_applied(rt: &'static str) {
+    let Some(env) = env(rt) else { return };
+    let mut c = sh("cat /proc/self/cgroup; sleep 0.5");
+    c.limits.memory_bytes = Some(16 << 20);
+    c.limits.cpus = Some(0.5);
+    c.limits.pids = Some(20);
+    let probe = CgroupProbe::default();
+    let outcome = env.sandbox.run(&c, env.rootfs(), &probe, &Cancel::new()).unwrap();
+    assert_eq!(outcome, Outcome::Exited(0));
+    let mut seen = probe.seen.lock().unwrap().clone();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("cpu.cfs_quota_us".to_owned(), "50000".to_owned()),
+            ("memory.limit_in_bytes".to_owned(), (16u64 << 20).to_string()),
+            ("pids.max".to_owned(), "20".to_owned()),
+        ],
+        "{rt}"
+    );
+    for dir in probe.paths.lock().unwrap().iter() {
+        assert!(!dir.exists(), "{rt}: cgroup {} left behind", dir.display());
+    }
+    env.assert_clean();
+}
+
+/// A sink that panics: the container is still killed and removed, then the panic goes on.
+struct PanickingSink;
+impl LogSink for PanickingSink {
+    fn write(&self, _: &[u8]) {
+        panic!("sink exploded");
+    }
+}
+
+fn panicking_sink_leaves_nothing(rt: &'static str) {
+    let Some(env) = env(rt) else { return };
+    let marker = format!(
+        "{}",
+        9000 + std::process::id() % 500 + if rt == "crun" { 500 } else { 0 }
+    );
+    let c = sh(&format!("echo hello; sleep {marker}"));
+    let started = Instant::now();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        env.sandbox.run(&c, env.rootfs(), &PanickingSink, &Cancel::new())
+    }));
+    assert!(result.is_err(), "the sink's panic propagates");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    env.assert_clean();
+    assert!(processes_with(&format!("sleep {marker}")).is_empty());
+}
+
 fn runtime_refusal_is_an_error(rt: &'static str) {
     let Some(env) = env(rt) else { return };
     let mut c = sh("true");
@@ -547,6 +636,14 @@ macro_rules! under_runtime {
             #[test]
             fn runtime_refusal_is_an_error() {
                 super::runtime_refusal_is_an_error(RT)
+            }
+            #[test]
+            fn cgroup_limits_applied() {
+                super::cgroup_limits_applied(RT)
+            }
+            #[test]
+            fn panicking_sink_leaves_nothing() {
+                super::panicking_sink_leaves_nothing(RT)
             }
             #[test]
             fn orphans_removed() {
