@@ -8,6 +8,9 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use strata_sandbox::host::{hybrid_with_v2_controllers, HostFacts};
+use strata_sandbox::oci_config::{build_spec, to_json, BundleFiles};
+use strata_sandbox::runtime_cli::{flavour_of, resolve_program, Flavour, RuntimeCli};
 use strata_sandbox::{Cancel, LogSink, OciSandbox, OciSandboxOptions, RunConfig, Sandbox};
 use strata_testkit::sandbox::BusyboxRootfs;
 
@@ -50,6 +53,39 @@ fn time_step(sandbox: &OciSandbox, fixture: &BusyboxRootfs, config: &RunConfig) 
     elapsed
 }
 
+/// `<runtime> run --bundle B ID` in the foreground on a bundle written beforehand: what the
+/// runtime alone costs (bundle writing and teardown not included).
+fn time_raw_run(fixture: &BusyboxRootfs, runtime: &str, config: &RunConfig, i: usize) -> Duration {
+    let program = resolve_program(runtime).unwrap();
+    let flavour = flavour_of(&program);
+    let cli = RuntimeCli {
+        requested: runtime.to_owned(),
+        program: Some(program),
+        flavour,
+        root: fixture.dir().join("raw-state").join(runtime),
+        hide_unified_cgroup: flavour == Flavour::Crun && hybrid_with_v2_controllers(),
+    };
+    let bundle = fixture.dir().join(format!("raw-bundle-{runtime}-{i}"));
+    std::fs::create_dir_all(&bundle).unwrap();
+    std::fs::write(bundle.join("hosts"), "127.0.0.1 localhost\n").unwrap();
+    let rootfs = fixture.rootfs().canonicalize().unwrap();
+    let files = BundleFiles {
+        rootfs: &rootfs,
+        hosts: &bundle.join("hosts"),
+        resolv_conf: std::path::Path::new("/etc/resolv.conf"),
+        secrets: &[],
+    };
+    let spec = build_spec(config, &files, &HostFacts::detect()).unwrap();
+    std::fs::write(bundle.join("config.json"), to_json(&spec).unwrap()).unwrap();
+    let id = format!("raw-{runtime}-{i}");
+    let bundle_arg = bundle.to_string_lossy().into_owned();
+    let started = Instant::now();
+    cli.call(&["run", "--bundle", &bundle_arg, &id]).unwrap();
+    let elapsed = started.elapsed();
+    std::fs::remove_dir_all(&bundle).unwrap();
+    elapsed
+}
+
 #[test]
 #[ignore = "benchmark: run scripts/bench-sandbox"]
 fn bench_trivial_step() {
@@ -82,6 +118,14 @@ fn bench_trivial_step() {
         ms(floor)
     );
     let trivial = RunConfig::new(vec!["/bin/true".into()]);
+    for runtime in ["runc", "crun"] {
+        let t = median((0..n).map(|i| time_raw_run(&fixture, runtime, &trivial, i)).collect());
+        println!(
+            "| bare `{runtime} run` of a ready bundle (no strata) | {:.1} | {:.2} |",
+            ms(t),
+            t.as_secs_f64() / floor.as_secs_f64()
+        );
+    }
     for runtime in ["runc", "crun"] {
         let sandbox = sandbox(&fixture, runtime);
         time_step(&sandbox, &fixture, &trivial); // warm-up
