@@ -382,6 +382,7 @@ impl Watch<'_> {
         let deadline = self.config.timeout.map(|t| Instant::now() + t);
         let limit = self.config.log_limit;
         let log = self.log;
+        let shim_pid = shim.pid();
         thread::scope(|scope| {
             let wait_tx = tx.clone();
             scope.spawn(move || wait_for_step(shim, &wait_tx));
@@ -432,7 +433,7 @@ impl Watch<'_> {
             };
             let ended = match ended {
                 Some(end) => end,
-                None => self.kill_until_ended(&rx, init_pid),
+                None => self.kill_until_ended(&rx, init_pid, shim_pid),
             };
             if ended.is_err() {
                 // We lost track of the step's process: make sure the container is gone, or the
@@ -440,7 +441,18 @@ impl Watch<'_> {
                 let _ = self.cli.delete_force(self.id);
             }
             let pumped = reader.join();
-            let end = ended.map_err(|e| Failure::Error(io_error(format!("waiting for container {}", self.id), e)))?;
+            let end = match ended {
+                Ok(end) => end,
+                // Stopped on purpose and then lost the status (a hung runtime killed): the
+                // outcome is the reason it was stopped.
+                Err(_) if stop.is_some() => StepEnd::Signaled(Signal::SIGKILL as i32),
+                Err(e) => {
+                    return Err(Failure::Error(io_error(
+                        format!("waiting for container {}", self.id),
+                        e,
+                    )))
+                }
+            };
             match pumped {
                 Ok(Ok(Ok(report))) => Ok((end, stop, report)),
                 Ok(Ok(Err(e))) => Err(Failure::Error(io_error("reading the step's output".to_owned(), e))),
@@ -451,9 +463,15 @@ impl Watch<'_> {
 
     /// `runtime kill ID KILL` until the step's process is gone: the container may not exist
     /// yet (still being created), so the kill is retried with a growing pause. Should the
-    /// runtime not manage, the init process (our child, so its pid cannot be reused before we
-    /// reap it) is killed directly after [`KILL_ESCALATION`].
-    fn kill_until_ended(&self, rx: &Receiver<Event>, mut init_pid: Option<i32>) -> std::io::Result<StepEnd> {
+    /// runtime not manage within [`KILL_ESCALATION`], the init process (the shim's child: its
+    /// pid is not reused before the shim reaps it) and the shim's process group (the shim and a
+    /// runtime that hangs) are killed directly; the container is then deleted by force.
+    fn kill_until_ended(
+        &self,
+        rx: &Receiver<Event>,
+        mut init_pid: Option<i32>,
+        shim_pid: i32,
+    ) -> std::io::Result<StepEnd> {
         let started = Instant::now();
         let mut pause = Duration::from_millis(20);
         loop {
@@ -462,6 +480,7 @@ impl Watch<'_> {
                 if let Some(pid) = init_pid {
                     let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
                 }
+                let _ = kill(Pid::from_raw(-shim_pid), Signal::SIGKILL);
             }
             let until = Instant::now() + pause;
             while let Some(left) = until.checked_duration_since(Instant::now()) {

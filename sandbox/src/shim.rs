@@ -169,6 +169,11 @@ pub fn spawn(cmd: &ShimCommand, output: OwnedFd) -> std::io::Result<Shim> {
 }
 
 impl Shim {
+    /// The shim's pid, which is also the id of the process group it shares with the runtime.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
     /// The next report, or `None` once the shim has exited.
     pub fn next_event(&mut self) -> std::io::Result<Option<ShimEvent>> {
         let mut buf = [0u8; 12];
