@@ -46,10 +46,9 @@ impl<'a> StepGuard<'a> {
 
     fn teardown(&mut self) -> Result<(), SandboxError> {
         let mut first_error = None;
-        // `runc run` deletes its container when the process ends; only a container that is
-        // still there (a kill that did not take, a crash of the runtime) needs deleting.
+        // A detached container stays (stopped) until deleted; `delete --force` also kills one
+        // that still runs (an early error, a panic).
         if self.cli.has_state(&self.id) {
-            let _ = self.cli.kill(&self.id);
             if let Err(e) = self.cli.delete_force(&self.id) {
                 if self.cli.has_state(&self.id) {
                     first_error.get_or_insert(e);

@@ -18,6 +18,7 @@ pub mod output;
 pub mod runtime;
 pub mod runtime_cli;
 pub mod secrets;
+pub mod shim;
 
 use std::path::Path;
 

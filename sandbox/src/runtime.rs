@@ -1,11 +1,17 @@
-//! The OCI runtime backend: runs each step with `runc run` or `crun run` in a bundle of its own.
+//! The OCI runtime backend: runs each step under runc or crun in a bundle of its own.
 //!
 //! Per step: a bundle `<bundle parent>/strata-<owner>-<n>` (mode 0700) holding `config.json`,
 //! `hosts`, the runtime's own log and a private tmpfs with the secrets; the container id is the
 //! bundle's name; the runtime keeps its state under `<state dir>/<runtime name>` (`--root`), so
 //! strata can find and remove its own containers. stdin is /dev/null; stdout and stderr share
-//! one pipe, copied to the [`LogSink`] as it arrives. The runtime's own errors go to its
-//! `--log` file (JSON lines), which tells a runtime failure from the step's non-zero exit.
+//! one pipe, copied to the [`LogSink`] as it arrives.
+//!
+//! The runtime is started as `run --detach` by a small forked [`crate::shim`] that is a child
+//! subreaper: in the foreground runc copies stdout and stderr through two pipes of its own and
+//! loses their order, while a detached container inherits our one pipe as is. The shim waits
+//! for the container's init process and reports its real exit status (a signal is a signal,
+//! not 128+N). The runtime's own errors go to its `--log` file (JSON lines), which tells a
+//! runtime failure (the config refused, the command not found) from the step's non-zero exit.
 //!
 //! Invariant: [`OciSandbox::run`] returns only after the container is gone (killed, waited
 //! for, deleted) and the bundle removed, whatever happened; a [`StepGuard`] does it on every
@@ -14,12 +20,14 @@
 use std::fs;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::DirBuilderExt;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus, Stdio};
+
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 
 use crate::cleanup::{sweep_orphans, StepGuard};
 use crate::config::Network;
@@ -28,11 +36,12 @@ use crate::oci_config::{build_spec, to_json, BundleFiles};
 use crate::output::{pump, PumpReport};
 use crate::runtime_cli::{flavour_of, parse_version, resolve_program, Flavour, RuntimeCli};
 use crate::secrets::{Placeholders, SecretDir};
+use crate::shim::{self, Shim, ShimCommand, ShimEvent};
 use crate::{Cancel, LogSink, Outcome, RunConfig, Sandbox, SandboxError};
 
 /// How often the supervisor looks at the cancel token (cancellation latency).
 const CANCEL_POLL: Duration = Duration::from_millis(50);
-/// After this long of `kill` not taking, the runtime process itself is killed too.
+/// After this long of `runtime kill` not taking, the step's process is killed directly.
 const KILL_ESCALATION: Duration = Duration::from_secs(30);
 
 /// Where and with what an [`OciSandbox`] runs steps.
@@ -80,6 +89,24 @@ fn minimum_version(flavour: Flavour, program: &Path) -> Option<(u32, u32, u32)> 
         Flavour::Runc if name.starts_with("runc") => Some((1, 0, 0)),
         Flavour::Runc => None,
     }
+}
+
+/// The version in a runtime's `--version` line, if it is recent enough.
+fn check_version(name: &str, flavour: Flavour, program: &Path, line: &str) -> Result<(u32, u32, u32), SandboxError> {
+    let version = parse_version(line).ok_or_else(|| SandboxError::Runtime {
+        runtime: name.to_owned(),
+        stderr: format!("cannot read a version from --version output {line:?}"),
+    })?;
+    if let Some(minimum) = minimum_version(flavour, program) {
+        if version < minimum {
+            return Err(SandboxError::RuntimeTooOld {
+                runtime: name.to_owned(),
+                version: format!("{}.{}.{}", version.0, version.1, version.2),
+                minimum: format!("{}.{}.{}", minimum.0, minimum.1, minimum.2),
+            });
+        }
+    }
+    Ok(version)
 }
 
 /// Runs steps under an OCI runtime. See the module documentation.
@@ -141,19 +168,7 @@ impl OciSandbox {
             .clone()
             .ok_or_else(|| SandboxError::RuntimeMissing(self.cli.requested.clone()))?;
         let line = self.cli.version_line()?;
-        let version = parse_version(&line).ok_or_else(|| SandboxError::Runtime {
-            runtime: self.cli.name(),
-            stderr: format!("cannot read a version from --version output {line:?}"),
-        })?;
-        if let Some(minimum) = minimum_version(self.cli.flavour, &program) {
-            if version < minimum {
-                return Err(SandboxError::RuntimeTooOld {
-                    runtime: self.cli.name(),
-                    version: format!("{}.{}.{}", version.0, version.1, version.2),
-                    minimum: format!("{}.{}.{}", minimum.0, minimum.1, minimum.2),
-                });
-            }
-        }
+        let version = check_version(&self.cli.name(), self.cli.flavour, &program, &line)?;
         Ok(RuntimeVersion { program, line, version })
     }
 
@@ -225,29 +240,23 @@ impl Sandbox for OciSandbox {
         }
         let guard = self.prepare(config, rootfs)?;
         let runtime_log = guard.bundle.join("runtime.log");
+        let pid_file = guard.bundle.join("init.pid");
         let (read_end, write_end) = output_pipe()?;
-        let child = {
-            let mut cmd = self.cli.run_command(&guard.id, &guard.bundle, &runtime_log)?;
-            let stderr_end = write_end
-                .try_clone()
-                .map_err(|e| io_error("duplicating the output pipe".to_owned(), e))?;
-            cmd.stdin(Stdio::null())
-                .stdout(Stdio::from(write_end))
-                .stderr(Stdio::from(stderr_end));
-            // `cmd` (and with it our copies of the write end) is dropped at the end of this
-            // block, so the pipe reaches end-of-file once the container's processes are gone.
-            cmd.spawn().map_err(|e| self.cli.spawn_error(e))?
-        };
-        let supervised = supervise(
-            child,
-            fs::File::from(read_end),
+        let (program, args) = self.cli.run_args(&guard.id, &guard.bundle, &runtime_log, &pid_file)?;
+        let shim_command = ShimCommand::new(&program, &args, &pid_file, self.cli.hide_unified_cgroup)
+            .map_err(|e| io_error(format!("preparing {}", self.cli.name()), e))?;
+        // The shim takes the write end: from here on only the runtime and the container hold
+        // it, so the pipe reaches end-of-file once the container's processes are gone.
+        let shim =
+            shim::spawn(&shim_command, write_end).map_err(|e| io_error(format!("starting {}", self.cli.name()), e))?;
+        let watch = Watch {
+            cli: &self.cli,
+            id: &guard.id,
             config,
             log,
             cancel,
-            &self.cli,
-            &guard.id,
-        );
-        let (status, stop, report) = match supervised {
+        };
+        let (end, stop, report) = match watch.supervise(shim, fs::File::from(read_end)) {
             Ok(done) => done,
             Err(Failure::Error(e)) => return Err(e),
             Err(Failure::Panic(payload)) => {
@@ -268,7 +277,7 @@ impl Sandbox for OciSandbox {
             Some(Stop::LogLimit) => Outcome::LogLimitExceeded,
             // The step ended on its own just as its output passed the cap: still over the cap.
             None if report.limit_exceeded => Outcome::LogLimitExceeded,
-            None => self.interpret(status, &runtime_log)?,
+            None => self.interpret(end, &runtime_log)?,
         };
         guard.finish()?;
         Ok(outcome)
@@ -276,31 +285,27 @@ impl Sandbox for OciSandbox {
 }
 
 impl OciSandbox {
-    /// Turns the runtime's exit status into the step's outcome, or a runtime error when the
-    /// runtime logged one (the container never ran, or the runtime broke).
-    fn interpret(&self, status: ExitStatus, runtime_log: &Path) -> Result<Outcome, SandboxError> {
-        if let Some(signal) = status.signal() {
-            return Err(SandboxError::Runtime {
-                runtime: self.cli.name(),
-                stderr: format!("the runtime was killed by signal {signal}"),
-            });
-        }
-        let code = status.code().unwrap_or(-1);
-        if code == 0 {
-            return Ok(Outcome::Exited(0));
-        }
-        let errors = runtime_errors(runtime_log);
-        if !errors.is_empty() {
-            return Err(SandboxError::Runtime {
-                runtime: self.cli.name(),
-                stderr: errors.join("; "),
-            });
-        }
-        // runc and crun report a step killed by signal N as 128+N (as a shell does).
-        if (129..=128 + 64).contains(&code) {
-            Ok(Outcome::Signaled(code - 128))
-        } else {
-            Ok(Outcome::Exited(code))
+    /// Turns how the step ended into its outcome, or a runtime error when the runtime itself
+    /// failed (refused the config, could not start the process).
+    fn interpret(&self, end: StepEnd, runtime_log: &Path) -> Result<Outcome, SandboxError> {
+        match end {
+            StepEnd::Exited(code) => Ok(Outcome::Exited(code)),
+            StepEnd::Signaled(signal) => Ok(Outcome::Signaled(signal)),
+            StepEnd::RuntimeFailed(status) => {
+                let errors = runtime_errors(runtime_log);
+                let stderr = if errors.is_empty() {
+                    match shim::decode_status(status) {
+                        Ok(code) => format!("`run` exited with status {code} without a message"),
+                        Err(signal) => format!("`run` was killed by signal {signal}"),
+                    }
+                } else {
+                    errors.join("; ")
+                };
+                Err(SandboxError::Runtime {
+                    runtime: self.cli.name(),
+                    stderr,
+                })
+            }
         }
     }
 }
@@ -335,8 +340,19 @@ enum Stop {
     LogLimit,
 }
 
+/// How the step's process (the container's init) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StepEnd {
+    Exited(i32),
+    Signaled(i32),
+    /// `run --detach` itself failed (raw wait status): the step never ran.
+    RuntimeFailed(i32),
+}
+
 enum Event {
-    Exited(std::io::Result<ExitStatus>),
+    /// The container's init process is running with this pid.
+    Started(i32),
+    Ended(std::io::Result<StepEnd>),
     LogLimit,
     SinkPanicked,
 }
@@ -346,107 +362,170 @@ enum Failure {
     Panic(Box<dyn std::any::Any + Send>),
 }
 
-type Supervised = (ExitStatus, Option<Stop>, PumpReport);
+type Supervised = (StepEnd, Option<Stop>, PumpReport);
 
-/// Waits for the runtime while copying the output, and kills the container on timeout,
-/// cancellation, the log cap or a panicking sink. Returns once the runtime has exited and the
-/// output pipe is drained.
-fn supervise(
-    mut child: Child,
-    pipe: fs::File,
-    config: &RunConfig,
-    log: &dyn LogSink,
-    cancel: &Cancel,
-    cli: &RuntimeCli,
-    id: &str,
-) -> Result<Supervised, Failure> {
-    let runtime_pid = child.id();
-    let (tx, rx) = mpsc::channel::<Event>();
-    let deadline = config.timeout.map(|t| Instant::now() + t);
-    let limit = config.log_limit;
-    thread::scope(|scope| {
-        let exit_tx = tx.clone();
-        scope.spawn(move || {
-            let status = child.wait();
-            let _ = exit_tx.send(Event::Exited(status));
-        });
-        let pump_tx = tx;
-        let reader = scope.spawn(move || {
-            let limit_tx = pump_tx.clone();
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                pump(pipe, log, limit, move || {
-                    let _ = limit_tx.send(Event::LogLimit);
-                })
-            }));
-            if result.is_err() {
-                let _ = pump_tx.send(Event::SinkPanicked);
-            }
-            result
-        });
-
-        let mut stop = None;
-        let status = loop {
-            let wait = match deadline {
-                Some(d) => d.saturating_duration_since(Instant::now()).min(CANCEL_POLL),
-                None => CANCEL_POLL,
-            };
-            match rx.recv_timeout(wait) {
-                Ok(Event::Exited(status)) => break Some(status),
-                Ok(Event::LogLimit) => {
-                    stop = Some(Stop::LogLimit);
-                    break None;
-                }
-                // The sink panicked: kill the container, then let the panic continue.
-                Ok(Event::SinkPanicked) => break None,
-                Err(RecvTimeoutError::Timeout) => {
-                    if cancel.is_cancelled() {
-                        stop = Some(Stop::Cancelled);
-                        break None;
-                    }
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
-                        stop = Some(Stop::TimedOut);
-                        break None;
-                    }
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    break Some(Err(std::io::Error::other("lost the runtime's exit status")));
-                }
-            }
-        };
-        let status = match status {
-            Some(status) => status,
-            None => kill_until_exit(&rx, cli, id, runtime_pid),
-        };
-        let pumped = reader.join();
-        let status = status.map_err(|e| Failure::Error(io_error(format!("waiting for {}", cli.name()), e)))?;
-        match pumped {
-            Ok(Ok(Ok(report))) => Ok((status, stop, report)),
-            Ok(Ok(Err(e))) => Err(Failure::Error(io_error("reading the step's output".to_owned(), e))),
-            Ok(Err(payload)) | Err(payload) => Err(Failure::Panic(payload)),
-        }
-    })
+/// What the supervisor needs to watch one step.
+struct Watch<'a> {
+    cli: &'a RuntimeCli,
+    id: &'a str,
+    config: &'a RunConfig,
+    log: &'a dyn LogSink,
+    cancel: &'a Cancel,
 }
 
-/// `runtime kill ID KILL` until the runtime reports the container's end: the container may
-/// not exist yet (still being created), so the kill is retried with a growing pause. If the
-/// runtime itself hangs, it is killed after [`KILL_ESCALATION`].
-fn kill_until_exit(rx: &Receiver<Event>, cli: &RuntimeCli, id: &str, runtime_pid: u32) -> std::io::Result<ExitStatus> {
-    let started = Instant::now();
-    let mut pause = Duration::from_millis(20);
-    loop {
-        let _ = cli.kill(id);
-        if started.elapsed() > KILL_ESCALATION {
-            if let Ok(pid) = i32::try_from(runtime_pid) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+impl Watch<'_> {
+    /// Waits for the step while copying its output, and kills the container on timeout,
+    /// cancellation, the log cap or a panicking sink. Returns once the step's process has been
+    /// reaped and the output pipe is drained.
+    fn supervise(&self, shim: Shim, pipe: fs::File) -> Result<Supervised, Failure> {
+        let (tx, rx) = mpsc::channel::<Event>();
+        let deadline = self.config.timeout.map(|t| Instant::now() + t);
+        let limit = self.config.log_limit;
+        let log = self.log;
+        let shim_pid = shim.pid();
+        thread::scope(|scope| {
+            let wait_tx = tx.clone();
+            scope.spawn(move || wait_for_step(shim, &wait_tx));
+            let pump_tx = tx;
+            let reader = scope.spawn(move || {
+                let limit_tx = pump_tx.clone();
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    pump(pipe, log, limit, move || {
+                        let _ = limit_tx.send(Event::LogLimit);
+                    })
+                }));
+                if result.is_err() {
+                    let _ = pump_tx.send(Event::SinkPanicked);
+                }
+                result
+            });
+
+            let mut stop = None;
+            let mut init_pid = None;
+            let ended = loop {
+                let wait = match deadline {
+                    Some(d) => d.saturating_duration_since(Instant::now()).min(CANCEL_POLL),
+                    None => CANCEL_POLL,
+                };
+                match rx.recv_timeout(wait) {
+                    Ok(Event::Started(pid)) => init_pid = Some(pid),
+                    Ok(Event::Ended(end)) => break Some(end),
+                    Ok(Event::LogLimit) => {
+                        stop = Some(Stop::LogLimit);
+                        break None;
+                    }
+                    // The sink panicked: kill the container, then let the panic continue.
+                    Ok(Event::SinkPanicked) => break None,
+                    Err(RecvTimeoutError::Timeout) => {
+                        if self.cancel.is_cancelled() {
+                            stop = Some(Stop::Cancelled);
+                            break None;
+                        }
+                        if deadline.is_some_and(|d| Instant::now() >= d) {
+                            stop = Some(Stop::TimedOut);
+                            break None;
+                        }
+                    }
+                    Err(RecvTimeoutError::Disconnected) => {
+                        break Some(Err(std::io::Error::other("lost the step's exit status")));
+                    }
+                }
+            };
+            let ended = match ended {
+                Some(end) => end,
+                None => self.kill_until_ended(&rx, init_pid, shim_pid),
+            };
+            if ended.is_err() {
+                // We lost track of the step's process: make sure the container is gone, or the
+                // output pipe never reaches end-of-file.
+                let _ = self.cli.delete_force(self.id);
             }
-        }
-        match rx.recv_timeout(pause) {
-            Ok(Event::Exited(status)) => return status,
-            Ok(_) | Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return Err(std::io::Error::other("lost the runtime's exit status")),
-        }
-        pause = (pause * 2).min(Duration::from_secs(1));
+            let pumped = reader.join();
+            let end = match ended {
+                Ok(end) => end,
+                // Stopped on purpose and then lost the status (a hung runtime killed): the
+                // outcome is the reason it was stopped.
+                Err(_) if stop.is_some() => StepEnd::Signaled(Signal::SIGKILL as i32),
+                Err(e) => {
+                    return Err(Failure::Error(io_error(
+                        format!("waiting for container {}", self.id),
+                        e,
+                    )))
+                }
+            };
+            match pumped {
+                Ok(Ok(Ok(report))) => Ok((end, stop, report)),
+                Ok(Ok(Err(e))) => Err(Failure::Error(io_error("reading the step's output".to_owned(), e))),
+                Ok(Err(payload)) | Err(payload) => Err(Failure::Panic(payload)),
+            }
+        })
     }
+
+    /// `runtime kill ID KILL` until the step's process is gone: the container may not exist
+    /// yet (still being created), so the kill is retried with a growing pause. Should the
+    /// runtime not manage within [`KILL_ESCALATION`], the init process (the shim's child: its
+    /// pid is not reused before the shim reaps it) and the shim's process group (the shim and a
+    /// runtime that hangs) are killed directly; the container is then deleted by force.
+    fn kill_until_ended(
+        &self,
+        rx: &Receiver<Event>,
+        mut init_pid: Option<i32>,
+        shim_pid: i32,
+    ) -> std::io::Result<StepEnd> {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let _ = self.cli.kill(self.id);
+            if started.elapsed() > KILL_ESCALATION {
+                if let Some(pid) = init_pid {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+                let _ = kill(Pid::from_raw(-shim_pid), Signal::SIGKILL);
+            }
+            let until = Instant::now() + pause;
+            while let Some(left) = until.checked_duration_since(Instant::now()) {
+                match rx.recv_timeout(left) {
+                    Ok(Event::Ended(end)) => return end,
+                    Ok(Event::Started(pid)) => init_pid = Some(pid),
+                    Ok(_) => {}
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        return Err(std::io::Error::other("lost the step's exit status"))
+                    }
+                }
+            }
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
+}
+
+/// Relays the shim's reports as events until it exits, then reaps it.
+fn wait_for_step(mut shim: Shim, tx: &mpsc::Sender<Event>) {
+    let end = loop {
+        match shim.next_event() {
+            Ok(Some(ShimEvent::Started(pid))) => {
+                let _ = tx.send(Event::Started(pid));
+            }
+            Ok(Some(ShimEvent::Ended(status))) => {
+                break Ok(match shim::decode_status(status) {
+                    Ok(code) => StepEnd::Exited(code),
+                    Err(signal) => StepEnd::Signaled(signal),
+                })
+            }
+            Ok(Some(ShimEvent::RuntimeFailed(status))) => break Ok(StepEnd::RuntimeFailed(status)),
+            Ok(Some(ShimEvent::Failed(stage, errno))) => {
+                break Err(std::io::Error::other(format!(
+                    "sandbox shim failed {}: {}",
+                    shim::Stage::describe(stage),
+                    std::io::Error::from_raw_os_error(errno)
+                )))
+            }
+            Ok(None) => break Err(std::io::Error::other("the sandbox shim exited without a status")),
+            Err(e) => break Err(e),
+        }
+    };
+    shim.reap();
+    let _ = tx.send(Event::Ended(end));
 }
 
 #[cfg(test)]
@@ -464,6 +543,30 @@ mod tests {
         .unwrap();
         assert_eq!(runtime_errors(&log), ["boom"]);
         assert!(runtime_errors(&dir.path().join("missing")).is_empty());
+    }
+
+    #[test]
+    fn versions_are_checked() {
+        let runc = Path::new("/usr/sbin/runc");
+        let crun = Path::new("/usr/bin/crun");
+        assert_eq!(
+            check_version("runc", Flavour::Runc, runc, "runc version 1.1.5+ds1").unwrap(),
+            (1, 1, 5)
+        );
+        assert!(matches!(
+            check_version("runc", Flavour::Runc, runc, "runc version 0.1.1"),
+            Err(SandboxError::RuntimeTooOld { .. })
+        ));
+        assert!(matches!(
+            check_version("crun", Flavour::Crun, crun, "crun version 0.17"),
+            Err(SandboxError::RuntimeTooOld { .. })
+        ));
+        // No known minimum for other runc-compatible runtimes.
+        assert!(check_version("youki", Flavour::Runc, Path::new("/bin/youki"), "youki version 0.3.0").is_ok());
+        assert!(matches!(
+            check_version("runc", Flavour::Runc, runc, "no version here"),
+            Err(SandboxError::Runtime { .. })
+        ));
     }
 
     #[test]

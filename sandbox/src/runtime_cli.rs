@@ -1,7 +1,7 @@
 //! The one place that runs the OCI runtime's command line (`runc`, `crun` or a compatible
 //! program), always with strata's own `--root`, capturing its stderr into errors.
 
-use std::ffi::CString;
+use std::ffi::{CString, OsString};
 use std::io::ErrorKind;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -94,26 +94,39 @@ impl RuntimeCli {
         Ok(cmd)
     }
 
-    /// `run --bundle BUNDLE ID` with the runtime's own messages in `log_file` as JSON lines
-    /// (the step's stdout/stderr are the command's, set by the caller).
-    pub fn run_command(&self, id: &str, bundle: &Path, log_file: &Path) -> Result<Command, SandboxError> {
-        let mut cmd = self.base()?;
+    /// The program and arguments of `--root ROOT run --detach --pid-file PID_FILE --bundle
+    /// BUNDLE ID`, with the runtime's own messages in `log_file` as JSON lines. Started by the
+    /// [`crate::shim`] (detached, so the container inherits our output pipe as is).
+    pub fn run_args(
+        &self,
+        id: &str,
+        bundle: &Path,
+        log_file: &Path,
+        pid_file: &Path,
+    ) -> Result<(PathBuf, Vec<OsString>), SandboxError> {
+        let program = self.program()?.to_path_buf();
+        let mut args: Vec<OsString> = vec!["--root".into(), self.root.clone().into()];
         match self.flavour {
             Flavour::Runc => {
-                cmd.arg("--log").arg(log_file);
+                args.push("--log".into());
+                args.push(log_file.into());
             }
             Flavour::Crun => {
-                let mut arg = std::ffi::OsString::from("--log=file:");
+                let mut arg = OsString::from("--log=file:");
                 arg.push(log_file);
-                cmd.arg(arg);
+                args.push(arg);
             }
         }
-        cmd.arg("--log-format=json")
-            .arg("run")
-            .arg("--bundle")
-            .arg(bundle)
-            .arg(id);
-        Ok(cmd)
+        args.extend(
+            ["--log-format=json", "run", "--detach", "--pid-file"]
+                .iter()
+                .map(OsString::from),
+        );
+        args.push(pid_file.into());
+        args.push("--bundle".into());
+        args.push(bundle.into());
+        args.push(id.into());
+        Ok((program, args))
     }
 
     /// Runs `<runtime> --root ROOT ARGS...`, failing with its stderr when it exits non-zero.

@@ -6,6 +6,7 @@
 
 pub mod overlay;
 pub mod registry;
+pub mod sandbox;
 pub mod script;
 pub mod stores;
 pub mod zfs;
