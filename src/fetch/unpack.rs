@@ -335,6 +335,9 @@ impl<'a> Unpacker<'a> {
                 if let Err(e) = fsat::chown_at(parent, &name, meta.uid, meta.gid) {
                     self.chown_failed(&raw_path, e)?;
                 }
+                // mknod's mode went through the umask; set the image's bits (after chown).
+                fsat::chmod_new_node_at(parent, &name, meta.mode)
+                    .map_err(|e| self.entry_io(&raw_path, "changing the mode of", e))?;
                 let _ = fsat::utimes_at(parent, &name, meta.mtime.0, meta.mtime.1);
             }
             other => {
