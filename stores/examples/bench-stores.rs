@@ -2,9 +2,10 @@
 //!
 //! Run through `scripts/bench-stores [BACKEND...]` (as root: the fixtures mount loop
 //! filesystems). Prints a Markdown table: median latency over `STRATA_BENCH_ITERATIONS`
-//! (default 7) rounds of "clone the base, write one small file, commit, delete" (each
-//! round starts after `sync` and `complete_deletes`, untimed), and the
-//! big/empty ratio per operation. The big base is `STRATA_BENCH_FILES` files (default
+//! (default 9) rounds of "clone the base, write one small file, commit, delete" (each
+//! round starts after `sync` and `complete_deletes`, untimed; empty-base and big-base
+//! rounds alternate, so load from other processes hits both alike), and the big/empty
+//! ratio per operation. The big base is `STRATA_BENCH_FILES` files (default
 //! 20,000) totalling `STRATA_BENCH_BYTES` (default 1 GiB).
 //!
 //! Adding a backend: one entry in [`BACKENDS`] returning a spec and the guard that tears
