@@ -74,12 +74,14 @@ impl TreeOps for BtrfsOps {
             Ok(true) => {
                 // Deleting a read-only snapshot needs CAP_SYS_ADMIN (we are root); without
                 // it, make it writable first.
-                match libbtrfsutil::delete_subvolume(path) {
+                // Recursive: a build may have created subvolumes inside its tree.
+                let delete = |p: &Path| libbtrfsutil::DeleteSubvolumeOptions::new().recursive(true).delete(p);
+                match delete(path) {
                     Ok(()) => Ok(()),
                     Err(e) if e.errno() == libc::EPERM || e.errno() == libc::EROFS => {
                         libbtrfsutil::set_subvolume_read_only(path, false)
                             .map_err(|e| btrfs_error("making writable", path, e))?;
-                        libbtrfsutil::delete_subvolume(path).map_err(|e| btrfs_error("deleting subvolume", path, e))
+                        delete(path).map_err(|e| btrfs_error("deleting subvolume", path, e))
                     }
                     Err(e) => Err(btrfs_error("deleting subvolume", path, e)),
                 }

@@ -12,6 +12,7 @@
 
 use std::fs;
 use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use crate::cache_generation::{CacheGenerations, InUse};
@@ -99,13 +100,20 @@ impl<T: TreeOps> DirStore<T> {
         let layout = Layout::new(&root);
         let init = || -> Result<(ProcessOwner, CacheGenerations), StoreError> {
             layout.create_dirs()?;
+            // 0700: items hold container root filesystems (setuid binaries, other users'
+            // files) that host users must not reach through the store.
             for dir in [
                 layout.result_dir(),
                 layout.result_tmp_dir(),
                 layout.cache_dir(),
                 layout.cache_tmp_dir(),
             ] {
-                fs::create_dir_all(&dir).context(|| format!("creating {}", dir.display()))?;
+                match fs::DirBuilder::new().mode(0o700).create(&dir) {
+                    Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                        return Err(StoreError::io(format!("creating {}", dir.display()), e))
+                    }
+                    _ => {}
+                }
             }
             let owner = ProcessOwner::register(&layout.owners_dir())?;
             let caches = CacheGenerations::new(&layout.state_dir())?;

@@ -56,7 +56,7 @@ mod tests {
         let live_name = live.temp_name("x");
         std::fs::create_dir(layout.result_tmp_dir().join(&live_name)).unwrap();
         std::fs::create_dir(layout.result_tmp_dir().join("1.dead--0-x")).unwrap();
-        let removed = reconcile_temporaries(&layout, |p| crate::tree_copy::remove_tree(p)).unwrap();
+        let removed = reconcile_temporaries(&layout, crate::tree_copy::remove_tree).unwrap();
         assert_eq!(removed, vec!["1.dead--0-x".to_owned()]);
         assert!(layout.result_tmp_dir().join(&live_name).exists());
     }

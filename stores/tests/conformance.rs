@@ -509,3 +509,93 @@ mod open_errors {
         assert!(e.to_string().contains("not on a btrfs filesystem"), "{e}");
     }
 }
+
+/// What only the copy stores promise: `xfs:` shares data by reflink where it can and still
+/// works (by copying) where it cannot.
+mod copy_stores {
+    use super::*;
+
+    fn big_base(store: &dyn Store) {
+        build(store, None, &id(1), |dir| {
+            fs::create_dir(dir.join("rootfs")).unwrap();
+            let chunk: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+            let mut data = Vec::new();
+            for _ in 0..64 {
+                data.extend_from_slice(&chunk);
+            }
+            fs::write(dir.join("rootfs/big"), &data).unwrap();
+        });
+    }
+
+    #[test]
+    fn xfs_clones_share_file_data() {
+        let Some(f) = support::xfs() else { return };
+        let store = f.open();
+        big_base(&*store);
+        nix::unistd::sync();
+        let before = store.disk_usage().unwrap().free_bytes;
+        for n in 2..6 {
+            build(&*store, Some(&id(1)), &id(n), |dir| write(dir, "rootfs/step", "x"));
+        }
+        nix::unistd::sync();
+        let after = store.disk_usage().unwrap().free_bytes;
+        let used = before.saturating_sub(after);
+        assert!(
+            used < 32 << 20,
+            "4 clones of a 64 MiB file used {used} bytes: not reflinked"
+        );
+        let clone = store.result(&id(5)).unwrap().unwrap();
+        assert_eq!(fs::metadata(clone.join("rootfs/big")).unwrap().len(), 64 << 20);
+    }
+
+    #[test]
+    fn xfs_store_without_reflinks_falls_back_to_copies() {
+        if !strata_testkit::is_root() {
+            return;
+        }
+        // The host's ext4 cannot reflink.
+        let dir = strata_testkit::stores::PlainDirectory::create().unwrap();
+        let spec = StoreSpec::Xfs(dir.path().join("store"));
+        let store = strata_stores::open(&spec).unwrap();
+        big_base(&*store);
+        build(&*store, Some(&id(1)), &id(2), |dir| write(dir, "rootfs/step", "x"));
+        build(&*store, Some(&id(2)), &id(3), |_| {});
+        let item = store.result(&id(3)).unwrap().unwrap();
+        assert_eq!(fs::metadata(item.join("rootfs/big")).unwrap().len(), 64 << 20);
+        assert_eq!(read(&item, "rootfs/step").as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn store_directories_are_private() {
+        let Some(f) = support::rsync() else { return };
+        let _store = f.open();
+        for dir in ["result", "result-tmp", "cache", "cache-tmp"] {
+            let mode = fs::metadata(f.spec.path().join(dir)).unwrap().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{dir}");
+        }
+    }
+}
+
+/// What only the btrfs store promises about recorded sizes.
+mod btrfs_store {
+    use super::*;
+
+    #[test]
+    fn size_counts_the_items_own_data_not_the_base() {
+        let Some(f) = support::btrfs() else { return };
+        let store = f.open();
+        let base = build(&*store, None, &id(1), |dir| {
+            fs::create_dir(dir.join("rootfs")).unwrap();
+            fs::write(dir.join("rootfs/base"), vec![7u8; 4 << 20]).unwrap();
+        });
+        assert!(base.size_bytes >= 4 << 20, "base size {}", base.size_bytes);
+        let child = build(&*store, Some(&id(1)), &id(2), |dir| {
+            fs::write(dir.join("rootfs/child"), vec![9u8; 1 << 20]).unwrap();
+        });
+        assert!(
+            (1 << 20..2 << 20).contains(&child.size_bytes),
+            "child size {} should count its 1 MiB, not the 4 MiB base",
+            child.size_bytes
+        );
+    }
+}
