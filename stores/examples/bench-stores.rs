@@ -17,7 +17,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use strata_stores::{Prepared, StepId, Store, StoreSpec};
+use strata_testkit::overlay::OverlayDir;
 use strata_testkit::stores::{LoopFilesystem, PlainDirectory};
+use strata_testkit::zfs::ZfsPool;
 
 type Fixture = (StoreSpec, Box<dyn Any>);
 type MakeFixture = fn() -> Result<Fixture, String>;
@@ -39,6 +41,15 @@ const BACKENDS: &[(&str, MakeFixture)] = &[
             mode: strata_stores::RsyncMode::Copy,
         };
         Ok((spec, Box::new(dir)))
+    }),
+    ("zfs", || {
+        let pool = ZfsPool::create(Some("4G"))?;
+        let spec = pool.spec().parse().map_err(|e| format!("{e}"))?;
+        Ok((spec, Box::new(pool)))
+    }),
+    ("overlayfs", || {
+        let dir = OverlayDir::plain()?;
+        Ok((StoreSpec::Overlayfs(dir.path().join("store")), Box::new(dir)))
     }),
 ];
 
