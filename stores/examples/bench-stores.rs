@@ -2,8 +2,10 @@
 //!
 //! Run through `scripts/bench-stores [BACKEND...]` (as root: the fixtures mount loop
 //! filesystems). Prints a Markdown table: median latency over `STRATA_BENCH_ITERATIONS`
-//! (default 7) rounds of "clone the base, write one small file, commit, delete", and the
-//! big/empty ratio per operation. The big base is `STRATA_BENCH_FILES` files (default
+//! (default 9) rounds of "clone the base, write one small file, commit, delete" (each
+//! round starts after `sync` and `complete_deletes`, untimed; empty-base and big-base
+//! rounds alternate, so load from other processes hits both alike), and the big/empty
+//! ratio per operation. The big base is `STRATA_BENCH_FILES` files (default
 //! 20,000) totalling `STRATA_BENCH_BYTES` (default 1 GiB).
 //!
 //! Adding a backend: one entry in [`BACKENDS`] returning a spec and the guard that tears
@@ -15,7 +17,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use strata_stores::{Prepared, StepId, Store, StoreSpec};
+use strata_testkit::overlay::OverlayDir;
 use strata_testkit::stores::{LoopFilesystem, PlainDirectory};
+use strata_testkit::zfs::ZfsPool;
 
 type Fixture = (StoreSpec, Box<dyn Any>);
 type MakeFixture = fn() -> Result<Fixture, String>;
@@ -37,6 +41,15 @@ const BACKENDS: &[(&str, MakeFixture)] = &[
             mode: strata_stores::RsyncMode::Copy,
         };
         Ok((spec, Box::new(dir)))
+    }),
+    ("zfs", || {
+        let pool = ZfsPool::create(Some("4G"))?;
+        let spec = pool.spec().parse().map_err(|e| format!("{e}"))?;
+        Ok((spec, Box::new(pool)))
+    }),
+    ("overlayfs", || {
+        let dir = OverlayDir::plain()?;
+        Ok((StoreSpec::Overlayfs(dir.path().join("store")), Box::new(dir)))
     }),
 ];
 
@@ -81,34 +94,59 @@ fn median(v: &mut [Duration]) -> f64 {
     v[v.len() / 2].as_secs_f64() * 1000.0
 }
 
-fn measure(store: &dyn Store, base: &StepId, first_id: u64, rounds: u64) -> [f64; 3] {
-    let mut t = Timings {
-        clone: vec![],
-        commit: vec![],
-        delete: vec![],
+/// One round: clone `base` into a new id, write one small file, commit, delete.
+fn round(store: &dyn Store, base: &StepId, child: &StepId, t: &mut Timings) {
+    // Untimed: let the previous round's deletion and any writeback finish, so every
+    // round starts from the same quiet filesystem.
+    store.complete_deletes().expect("complete deletes");
+    nix::unistd::sync();
+    let start = Instant::now();
+    let Prepared::Pending(pending) = store.prepare(Some(base), child).expect("prepare") else {
+        panic!("{child} exists");
     };
+    t.clone.push(start.elapsed());
+    fs::write(pending.path().join("rootfs/step"), b"one small file").expect("write");
+    let start = Instant::now();
+    pending.commit().expect("commit");
+    t.commit.push(start.elapsed());
+    let start = Instant::now();
+    store.delete(child).expect("delete");
+    t.delete.push(start.elapsed());
+}
+
+impl Timings {
+    fn new() -> Timings {
+        Timings {
+            clone: vec![],
+            commit: vec![],
+            delete: vec![],
+        }
+    }
+
+    fn medians(mut self) -> [f64; 3] {
+        [
+            median(&mut self.clone),
+            median(&mut self.commit),
+            median(&mut self.delete),
+        ]
+    }
+}
+
+/// Alternates empty-base and big-base rounds, so load from other processes on the machine
+/// hits both alike.
+fn measure(store: &dyn Store, empty: &StepId, big: &StepId, rounds: u64) -> ([f64; 3], [f64; 3]) {
+    let (mut on_empty, mut on_big) = (Timings::new(), Timings::new());
     for n in 0..rounds {
-        let child = id(first_id + n);
-        let start = Instant::now();
-        let Prepared::Pending(pending) = store.prepare(Some(base), &child).expect("prepare") else {
-            panic!("{child} exists");
-        };
-        t.clone.push(start.elapsed());
-        fs::write(pending.path().join("rootfs/step"), b"one small file").expect("write");
-        let start = Instant::now();
-        pending.commit().expect("commit");
-        t.commit.push(start.elapsed());
-        let start = Instant::now();
-        store.delete(&child).expect("delete");
-        t.delete.push(start.elapsed());
+        round(store, empty, &id(1000 + n), &mut on_empty);
+        round(store, big, &id(2000 + n), &mut on_big);
     }
     store.complete_deletes().expect("complete deletes");
-    [median(&mut t.clone), median(&mut t.commit), median(&mut t.delete)]
+    (on_empty.medians(), on_big.medians())
 }
 
 fn main() {
     let wanted: Vec<String> = std::env::args().skip(1).collect();
-    let rounds = env_u64("STRATA_BENCH_ITERATIONS", 7).max(1);
+    let rounds = env_u64("STRATA_BENCH_ITERATIONS", 9).max(1);
     let files = env_u64("STRATA_BENCH_FILES", 20_000);
     let bytes = env_u64("STRATA_BENCH_BYTES", 1 << 30);
     for name in &wanted {
@@ -144,8 +182,7 @@ fn main() {
             fs::create_dir(dir.join("rootfs")).expect("mkdir")
         });
         commit_new(&*store, None, &id(2), |dir| write_big_tree(dir, files, bytes));
-        let empty = measure(&*store, &id(1), 1000, rounds);
-        let big = measure(&*store, &id(2), 2000, rounds);
+        let (empty, big) = measure(&*store, &id(1), &id(2), rounds);
         println!(
             "| {name} | empty | {:.2} | {:.2} | {:.2} |",
             empty[0], empty[1], empty[2]

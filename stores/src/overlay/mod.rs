@@ -10,8 +10,8 @@
 //!   and again on demand (after a reboot) by [`Store::result`]. OBuilder's overlay store
 //!   exposes only the last layer there, which breaks `copy (from (build ...))`.
 //! - `result-tmp/<owner>--<n>-<id>/`: an item being built, with the same files plus `work/`;
-//!   its `rootfs/` is a writable overlay (upper `diff/`) over the base's chain, or a plain
-//!   directory when there is no base (it becomes `diff/` at commit);
+//!   its `rootfs/` is a writable overlay (upper `diff/`) over the base's chain, or, without a
+//!   base, a plain directory that the step creates (it becomes `diff/` at commit);
 //! - `cache/<escaped>/`, `cache-tmp/`: caches as plain trees (see [`cache`]);
 //! - `state/`: database, locks, owners, cache generations.
 //!
@@ -276,12 +276,9 @@ impl Store for OverlayStore {
             finished: false,
         };
         // On failure `pending` drops and removes the temporary.
-        match base {
-            None => {
-                let rootfs = pending.tmp.join("rootfs");
-                fs::create_dir(&rootfs).context(|| format!("creating {}", rootfs.display()))?;
-            }
-            Some(base) => pending.mounted = self.clone_base(base, &pending.tmp)?,
+        // Without a base the item starts empty, as on every backend: the step makes `rootfs/`.
+        if let Some(base) = base {
+            pending.mounted = self.clone_base(base, &pending.tmp)?;
         }
         Ok(Prepared::Pending(Box::new(pending)))
     }
@@ -350,7 +347,11 @@ impl OverlayPending<'_> {
             remove_tree(&self.tmp.join("work"))?;
         } else {
             let diff = self.tmp.join("diff");
-            fs::rename(&rootfs, &diff).context(|| format!("renaming {}", rootfs.display()))?;
+            if exists(&rootfs) {
+                fs::rename(&rootfs, &diff).context(|| format!("renaming {}", rootfs.display()))?;
+            } else {
+                fs::create_dir(&diff).context(|| format!("creating {}", diff.display()))?;
+            }
             fs::create_dir(&rootfs).context(|| format!("creating {}", rootfs.display()))?;
         }
         let item = self.store.layout.result(&self.id);
