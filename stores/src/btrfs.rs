@@ -144,6 +144,9 @@ impl TreeOps for BtrfsOps {
         let root = root
             .to_str()
             .ok_or_else(|| StoreError::Btrfs(format!("non-UTF-8 path {}", root.display())))?;
+        // BTRFS_IOC_SYNC also wakes the cleaner thread, which otherwise may sleep for a
+        // whole commit interval (30 s) before dropping deleted subvolumes.
+        libbtrfsutil::sync(Path::new(root)).map_err(|e| btrfs_error("syncing", Path::new(root), e))?;
         crate::command::run("btrfs", &["subvolume", "sync", "--", root]).map(|_| ())
     }
 }
