@@ -7,8 +7,6 @@ use std::os::unix::fs::PermissionsExt;
 
 use common::{count, final_id, stderr, Backend, Env};
 
-const BACKENDS: [Backend; 4] = [Backend::Btrfs, Backend::Zfs, Backend::Overlayfs, Backend::Rsync];
-
 fn examples() -> Vec<std::path::PathBuf> {
     let mut specs: Vec<_> = std::fs::read_dir(common::repo().join("spec-examples"))
         .expect("spec-examples")
