@@ -394,4 +394,121 @@ mod tests {
         }
         assert_eq!(runs.load(Ordering::SeqCst), 2);
     }
+
+    /// Cancel 1: one client, cancelled during the step: it gets Cancelled and the step's
+    /// own cancel token fires.
+    #[test]
+    fn cancel_single_client_cancels_step() {
+        let inflight = Arc::new(InFlight::default());
+        let fired = Arc::new(AtomicUsize::new(0));
+        let client = Cancel::new();
+        let (c, f) = (client.clone(), fired.clone());
+        let t = std::thread::spawn({
+            let inflight = inflight.clone();
+            move || {
+                let w = Collect::new();
+                inflight
+                    .get(&id(), &c, &w, move |flight: &Flight| {
+                        while !flight.cancel.wait_timeout(Duration::from_millis(10)) {}
+                        f.fetch_add(1, Ordering::SeqCst);
+                        Err(BuildError::Cancelled)
+                    })
+                    .map_err(|e| e.to_string())
+            }
+        });
+        std::thread::sleep(Duration::from_millis(30));
+        client.cancel();
+        assert_eq!(t.join().unwrap().unwrap_err(), "cancelled");
+        while !inflight.is_empty() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(fired.load(Ordering::SeqCst), 1);
+    }
+
+    /// Cancel 4: after a failure, a new request for the same id starts a fresh build.
+    #[test]
+    fn new_request_after_failure_rebuilds() {
+        let dir = tempfile::tempdir().unwrap();
+        let inflight = Arc::new(InFlight::default());
+        let runs = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(Cancel::new());
+        open.cancel();
+        let w = Collect::new();
+        let failed = inflight.get(
+            &id(),
+            &Cancel::new(),
+            &w,
+            gated_step(
+                dir.path(),
+                open.clone(),
+                runs.clone(),
+                Err(BuildError::Usage("boom".into())),
+            ),
+        );
+        assert!(failed.is_err());
+        while !inflight.is_empty() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let ok = inflight.get(
+            &id(),
+            &Cancel::new(),
+            &w,
+            gated_step(dir.path(), open, runs.clone(), Ok(StepResult::Saved)),
+        );
+        assert_eq!(ok.unwrap(), StepResult::Saved);
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+    }
+
+    /// Cancel 5: a request for a step that is still cancelling waits for it, then builds.
+    #[test]
+    fn request_during_cancelling_waits_then_builds() {
+        let dir = tempfile::tempdir().unwrap();
+        let inflight = Arc::new(InFlight::default());
+        let release = Arc::new(Cancel::new());
+        let first = Cancel::new();
+        let t1 = {
+            let (inflight, release, first) = (inflight.clone(), release.clone(), first.clone());
+            std::thread::spawn(move || {
+                let w = Collect::new();
+                inflight
+                    .get(&id(), &first, &w, move |flight: &Flight| {
+                        // Cancelling takes a while (the store is slow to discard).
+                        while !flight.cancel.wait_timeout(Duration::from_millis(10)) {}
+                        while !release.wait_timeout(Duration::from_millis(10)) {}
+                        Err(BuildError::Cancelled)
+                    })
+                    .is_err()
+            })
+        };
+        std::thread::sleep(Duration::from_millis(30));
+        first.cancel();
+        assert!(t1.join().unwrap());
+        let t2 = {
+            let inflight = inflight.clone();
+            let d = dir.path().to_owned();
+            std::thread::spawn(move || {
+                let w = Collect::new();
+                let open = Arc::new(Cancel::new());
+                open.cancel();
+                let r = inflight.get(
+                    &id(),
+                    &Cancel::new(),
+                    &w,
+                    gated_step(&d, open, Arc::new(AtomicUsize::new(0)), Ok(StepResult::Saved)),
+                );
+                let notes = w.1.lock().unwrap().clone();
+                (r.is_ok(), notes)
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        release.cancel();
+        let (ok, notes) = t2.join().unwrap();
+        assert!(ok);
+        assert!(
+            notes
+                .iter()
+                .any(|n| n == "Waiting for previous build to finish cancelling"),
+            "{notes:?}"
+        );
+    }
 }
