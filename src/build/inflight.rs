@@ -350,7 +350,7 @@ mod tests {
         let gate = Arc::new(Cancel::new());
         let runs = Arc::new(AtomicUsize::new(0));
         let (c1, c2) = (Cancel::new(), Cancel::new());
-        let spawn = |c: Cancel| {
+        let spawn = |c: Cancel, gate: &Arc<Cancel>| {
             let (inflight, gate, runs, d) = (inflight.clone(), gate.clone(), runs.clone(), dir.path().to_owned());
             std::thread::spawn(move || {
                 let w = Collect::new();
@@ -359,9 +359,9 @@ mod tests {
                     .map_err(|e| e.to_string())
             })
         };
-        let t1 = spawn(c1.clone());
+        let t1 = spawn(c1.clone(), &gate);
         std::thread::sleep(Duration::from_millis(30));
-        let t2 = spawn(c2.clone());
+        let t2 = spawn(c2.clone(), &gate);
         std::thread::sleep(Duration::from_millis(30));
         c1.cancel();
         assert_eq!(t1.join().unwrap().unwrap_err(), "cancelled");
@@ -372,18 +372,9 @@ mod tests {
         // Cancel 3: both cancel, the step itself is cancelled.
         let gate2 = Arc::new(Cancel::new());
         let (c3, c4) = (Cancel::new(), Cancel::new());
-        let spawn2 = |c: Cancel| {
-            let (inflight, gate, runs, d) = (inflight.clone(), gate2.clone(), runs.clone(), dir.path().to_owned());
-            std::thread::spawn(move || {
-                let w = Collect::new();
-                inflight
-                    .get(&id(), &c, &w, gated_step(&d, gate, runs, Ok(StepResult::Saved)))
-                    .map_err(|e| e.to_string())
-            })
-        };
-        let t3 = spawn2(c3.clone());
+        let t3 = spawn(c3.clone(), &gate2);
         std::thread::sleep(Duration::from_millis(30));
-        let t4 = spawn2(c4.clone());
+        let t4 = spawn(c4.clone(), &gate2);
         std::thread::sleep(Duration::from_millis(30));
         c3.cancel();
         c4.cancel();
