@@ -51,11 +51,10 @@ const DEFAULT_ROOT: &str = "/var/lib/strata";
 
 /// Whether `path` (or its nearest existing ancestor) is on btrfs.
 fn on_btrfs(path: &Path) -> bool {
-    const BTRFS_SUPER_MAGIC: i64 = 0x9123683e;
     let mut p = Some(path);
     while let Some(dir) = p {
         if let Ok(st) = nix::sys::statfs::statfs(dir) {
-            return st.filesystem_type().0 as i64 == BTRFS_SUPER_MAGIC;
+            return st.filesystem_type() == nix::sys::statfs::BTRFS_SUPER_MAGIC;
         }
         p = dir.parent();
     }

@@ -25,9 +25,6 @@ use libbtrfsutil::CreateSnapshotOptions;
 use crate::dir_store::{DirStore, TreeOps};
 use crate::{Store, StoreError, StoreSpec};
 
-/// statfs f_type of btrfs.
-const BTRFS_SUPER_MAGIC: i64 = 0x9123_683e;
-
 fn checked(path: &Path) -> Result<&Path, StoreError> {
     if path.as_os_str().as_bytes().contains(&0) {
         return Err(StoreError::Btrfs(format!(
@@ -159,7 +156,7 @@ fn check_btrfs(root: &Path) -> Result<(), StoreError> {
         path: root.to_owned(),
         reason: format!("cannot statfs: {e}"),
     })?;
-    if st.filesystem_type().0 as i64 != BTRFS_SUPER_MAGIC {
+    if st.filesystem_type() != nix::sys::statfs::BTRFS_SUPER_MAGIC {
         return Err(StoreError::Unsuitable {
             path: root.to_owned(),
             reason: format!(
