@@ -32,6 +32,13 @@ impl Env {
     }
 
     pub fn with_scheme(backend: Backend, scheme: Option<&str>) -> Env {
+        Env::with_options(backend, scheme, &[])
+    }
+
+    /// `fixture_args` go to the store's fixture script after `create DIR`: a size for the
+    /// loop filesystems (`btrfs-loop create DIR 256M`), `tmpfs` for an overlayfs or rsync
+    /// store on a fresh tmpfs.
+    pub fn with_options(backend: Backend, scheme: Option<&str>, fixture_args: &[&str]) -> Env {
         assert!(
             strata_testkit::is_root(),
             "end-to-end tests need root (real mounts, runc)"
@@ -43,7 +50,7 @@ impl Env {
             .expect("temp dir");
         let (store, fixture) = match backend {
             Backend::Btrfs => {
-                let f = ScriptFixture::create("btrfs-loop", &[]).expect("btrfs fixture");
+                let f = ScriptFixture::create("btrfs-loop", fixture_args).expect("btrfs fixture");
                 (format!("btrfs:{}", f.output), Some(f))
             }
             Backend::Zfs => {
@@ -56,8 +63,17 @@ impl Env {
                 };
                 (spec, Some(f))
             }
-            Backend::Overlayfs => (format!("overlayfs:{}", work.path().join("store").display()), None),
-            Backend::Rsync => (format!("rsync:{}", work.path().join("store").display()), None),
+            // A directory whose fixture unmounts the store's overlays and read-only views
+            // (deepest first) before removing it.
+            Backend::Overlayfs | Backend::Rsync => {
+                let f = ScriptFixture::create("overlay-dir", fixture_args).expect("store directory fixture");
+                let kind = if backend == Backend::Overlayfs {
+                    "overlayfs"
+                } else {
+                    "rsync"
+                };
+                (format!("{kind}:{}/store", f.output), Some(f))
+            }
         };
         let env = Env {
             store,
