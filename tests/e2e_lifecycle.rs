@@ -169,3 +169,56 @@ fn inspection_commands() {
     let out = env.strata(&["info", "0000"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `--keep-free` on a small btrfs: prune stops as soon as the target is met, oldest leaves
+/// first, and removes nothing when the target already holds.
+#[test]
+fn keep_free_stops_at_the_target() {
+    let env = Env::with_options(Backend::Btrfs, None, &["400M"]);
+    let ctx = env.context("ctx");
+    // Five leaves of 24 MiB each on one base, built (and so last used) in order.
+    let mut leaves = Vec::new();
+    for i in 0..5 {
+        let spec = env.spec(
+            &format!("fill{i}.spec"),
+            &format!(r#"((from busybox) (run (shell "head -c 25165824 /dev/urandom > /blob{i}; sync")))"#),
+        );
+        leaves.push(env.build_ok(&spec, &ctx, &[]).0);
+    }
+    assert_eq!(ids(&env).len(), 6);
+    let du = |env: &Env| -> (u64, u64) {
+        let out = env.strata(&["du", "--json"]);
+        let du: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (du["free_bytes"].as_u64().unwrap(), du["total_bytes"].as_u64().unwrap())
+    };
+    let (free, _) = du(&env);
+
+    // Already met: nothing goes.
+    let out = env.strata(&["prune", "--keep-free", &format!("{}", free / 2), "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["removed"].as_array().unwrap().len(), 0, "{report}");
+
+    // About two leaves' worth more than is free now: two or three leaves go, not all five,
+    // the oldest first.
+    let want = free + 40 * 1024 * 1024;
+    let out = env.strata(&["prune", "--keep-free", &want.to_string(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let removed = report["removed"].as_array().unwrap().len();
+    assert!((2..=3).contains(&removed), "{report}");
+    assert!(
+        report["stopped"].as_str().unwrap().starts_with("target met"),
+        "{report}"
+    );
+    let gone: Vec<&str> = report["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    let oldest: Vec<&str> = leaves.iter().take(removed).map(String::as_str).collect();
+    assert_eq!(gone, oldest, "least recently used first");
+    let left = ids(&env).len();
+    assert_eq!(left, 6 - removed, "{report}");
+    env.verify_clean();
+}

@@ -18,7 +18,13 @@ struct State {
     finished: bool,
     /// The last write error (a full disk): reported once the step ends.
     error: Option<String>,
+    /// The last [`RECENT`] bytes written, kept in memory so a failed step's last lines can
+    /// be shown even when the log file could not be written (a full disk).
+    recent: Vec<u8>,
 }
+
+/// How much of the end of the output [`StepLog::last_lines`] can show.
+const RECENT: usize = 8192;
 
 #[derive(Debug)]
 pub struct StepLog {
@@ -60,6 +66,7 @@ impl StepLog {
                 len,
                 finished,
                 error: None,
+                recent: Vec::new(),
             }),
             changed: Condvar::new(),
         }
@@ -74,6 +81,10 @@ impl StepLog {
         if state.finished {
             return;
         }
+        let keep = &bytes[bytes.len().saturating_sub(RECENT)..];
+        let overflow = (state.recent.len() + keep.len()).saturating_sub(RECENT);
+        state.recent.drain(..overflow);
+        state.recent.extend_from_slice(keep);
         let file = self.file.read().unwrap_or_else(|p| p.into_inner());
         match (&*file).write_all(bytes) {
             Ok(()) => state.len += bytes.len() as u64,
@@ -153,7 +164,13 @@ impl StepLog {
 
     /// The last `lines` lines of the log (for a failed step's summary).
     pub fn last_lines(&self, lines: usize) -> String {
-        let len = self.lock().len;
+        let (len, recent) = {
+            let state = self.lock();
+            (state.len, state.recent.clone())
+        };
+        if !recent.is_empty() {
+            return last_lines_of(&recent, lines);
+        }
         let start = len.saturating_sub(8192);
         let mut buf = vec![0u8; (len - start) as usize];
         if self
@@ -165,10 +182,14 @@ impl StepLog {
         {
             return String::new();
         }
-        let text = String::from_utf8_lossy(&buf);
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        last_lines_of(&buf, lines)
     }
+}
+
+fn last_lines_of(bytes: &[u8], lines: usize) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 impl LogSink for StepLog {
@@ -200,6 +221,21 @@ mod tests {
         log.finish();
         assert_eq!(t.join().unwrap(), b"early\nlate\n");
         assert_eq!(log.last_lines(1), "late");
+    }
+
+    #[test]
+    fn last_lines_survive_a_failing_log_file() {
+        // A log whose file cannot be written (read-only descriptor, as a full disk would).
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        std::fs::write(&path, b"").unwrap();
+        let log = StepLog::from_file(File::open(&path).unwrap(), 0, false);
+        log.append(b"one\ntwo\n");
+        log.append(&vec![b'x'; 2 * RECENT]);
+        log.append(b"\ndd: error writing '/big': No space left on device\n");
+        assert!(log.finish().is_some(), "the write error is reported");
+        assert_eq!(log.last_lines(1), "dd: error writing '/big': No space left on device");
+        assert!(!log.last_lines(10).contains("one"), "only the recent end is kept");
     }
 
     #[test]

@@ -151,7 +151,17 @@ impl Builder {
                     if self.store().result(&id)?.is_some() {
                         self.store().delete(&id)?;
                     }
-                    self.db().delete(id.as_str())?;
+                    // (Bound first: the database guard must not live into the retry.)
+                    let deleted = self.db().delete(id.as_str());
+                    if let Err(e) = deleted {
+                        if !e.is_disk_full() {
+                            return Err(e.into());
+                        }
+                        // A full disk: what the delete freed comes back only once the
+                        // filesystem's cleaner has run (btrfs, ZFS). Wait for it, then retry.
+                        self.store().complete_deletes()?;
+                        self.db().delete(id.as_str())?;
+                    }
                     lease.removed();
                     let removed = Removed {
                         id: fresh.id,

@@ -290,7 +290,18 @@ fn execute(
         Ok(output) => output,
         Err(e) => {
             let _ = pending.abort();
-            return Err(e);
+            return Err(match (log_error, &e) {
+                // The step failed while its log could not be written: most likely the disk
+                // is full, which is the environment's failure and must say so.
+                (Some(log_error), BuildError::StepFailed { .. }) => BuildError::io(
+                    format!(
+                        "{e}\nthe step's log {} could not be written",
+                        item.join("log").display()
+                    ),
+                    std::io::Error::other(log_error),
+                ),
+                _ => e,
+            });
         }
     };
     if let Some(e) = log_error {

@@ -55,7 +55,7 @@ pub fn report(result: CliResult) -> ExitCode {
         Err(e) => {
             if !e.silent {
                 // Spec errors already read `FILE:LINE:COL: error: ...`; others get a prefix.
-                let text = format!("{:#}", e.error);
+                let text = message(&e.error);
                 if text.contains(": error: ") {
                     eprintln!("{text}");
                 } else {
@@ -64,5 +64,36 @@ pub fn report(result: CliResult) -> ExitCode {
             }
             ExitCode::from(e.code)
         }
+    }
+}
+
+/// The error and its causes, each cause once: library errors often repeat their source in
+/// their own message, so a cause already said is not said again.
+pub fn message(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("database /s/db.sqlite: {0}")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn causes_are_said_once() {
+        let e = anyhow::Error::new(Outer(std::io::Error::other("disk is full")));
+        assert_eq!(message(&e), "database /s/db.sqlite: disk is full");
+        let e = anyhow::Error::new(std::io::Error::other("disk is full")).context("writing log");
+        assert_eq!(message(&e), "writing log: disk is full");
     }
 }

@@ -5,8 +5,15 @@
 //! the digest a base image resolved to). Times are milliseconds since the Unix epoch.
 //! A parent's child count is derived by query (never stored), so it cannot drift.
 //!
-//! WAL mode and a long busy timeout: several strata processes share one store, and a
-//! database locked by another process is waited for, not an error.
+//! A rollback journal (`journal_mode=TRUNCATE`) and a long busy timeout: several strata
+//! processes share one store, and a database locked by another process is waited for, not
+//! an error. Not WAL, on purpose: WAL's index (`-shm`) is a memory-mapped file, and on a
+//! full copy-on-write filesystem (btrfs, ZFS) a write into that mapping cannot get a block
+//! and kills the process with SIGBUS: exactly when `strata prune` is needed most. A rollback
+//! journal uses plain writes, so a full disk is an SQLITE_FULL error. Our transactions are
+//! few and small (a row per committed step, a `used` bump per cached one), so WAL's
+//! concurrency is not needed; a store created with WAL is switched over when no other
+//! process has it open.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -51,6 +58,19 @@ pub enum DbError {
     SchemeMismatch { found: String, requested: String },
     #[error("database {path}: unknown id scheme {value:?}")]
     BadScheme { path: PathBuf, value: String },
+}
+
+impl DbError {
+    /// SQLite could not write because the filesystem is full (SQLITE_FULL).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(
+            self,
+            DbError::Sqlite {
+                source: rusqlite::Error::SqliteFailure(e, _),
+                ..
+            } if e.code == rusqlite::ErrorCode::DiskFull
+        )
+    }
 }
 
 /// One committed item.
@@ -109,7 +129,11 @@ impl Db {
         }
         let conn = Connection::open(&path).map_err(sqlite)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(sqlite)?;
+        // Switching an old WAL database fails while another process has it open: then it
+        // stays in WAL until a later open finds it alone.
+        if let Err(e) = conn.pragma_update(None, "journal_mode", "TRUNCATE") {
+            tracing::debug!("{}: journal mode left as it is: {e}", path.display());
+        }
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(sqlite)?;
         let mut db = Db { conn, path };
         db.migrate()?;
