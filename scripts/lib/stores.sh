@@ -14,8 +14,8 @@ make_store() {
       mnt=$(echo "$out" | awk '{print $2}')
       if [ -n "$mnt" ] && [ "$(dirname "$mnt")" != / ]; then echo "zfs:$(dirname "$mnt")/$pool"; else echo "zfs:$pool"; fi
       ;;
-    overlayfs) echo "overlayfs:$dir/store" ;;
-    rsync) echo "rsync:$dir/store" ;;
+    overlayfs) out=$(scripts/fixtures/overlay-dir create "$dir"); echo "overlayfs:$out/store" ;;
+    rsync) out=$(scripts/fixtures/overlay-dir create "$dir"); echo "rsync:$out/store" ;;
     *) echo "unknown store kind $kind" >&2; return 2 ;;
   esac
 }
@@ -26,10 +26,7 @@ destroy_store() {
     btrfs) scripts/fixtures/btrfs-loop destroy "$dir" ;;
     xfs) scripts/fixtures/xfs-loop destroy "$dir" ;;
     zfs) scripts/fixtures/zfs-pool destroy "$dir" ;;
-    overlayfs)
-      # Unmount anything the store left mounted (there should be nothing).
-      grep -o " $dir/[^ ]*" /proc/mounts | sort -r | while read -r m; do umount -l "$m" || true; done
-      ;;
-    rsync) ;;
+    # The store's overlays and read-only views, deepest first, then the directory.
+    overlayfs | rsync) scripts/fixtures/overlay-dir destroy "$dir" ;;
   esac
 }

@@ -110,6 +110,20 @@ pub struct ProcessOwner {
     _lock: FileLock,
 }
 
+/// The name suffix of an owner file while it is being registered.
+const LOCKING_SUFFIX: &str = ".locking";
+
+/// A registration file this old belongs to a process that died while registering.
+const STALE_REGISTRATION: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn is_older_than(path: &Path, age: std::time::Duration) -> bool {
+    fs::symlink_metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|elapsed| elapsed > age)
+}
+
 /// Separates the owner tag from the rest of a temporary's name.
 pub const OWNER_SEPARATOR: &str = "--";
 
@@ -122,7 +136,15 @@ impl ProcessOwner {
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
         let tag = format!("{}.{:08x}", std::process::id(), nanos);
-        let lock = FileLock::acquire(&owners_dir.join(format!("{tag}.lock")), LockMode::Exclusive)?;
+        // Locked under a private name first, then renamed into place: the owner file never
+        // exists unlocked, so a concurrent `forget_dead` cannot take it for a dead owner's
+        // (and remove it) between our create and our flock, which would make every later
+        // `is_alive` say this live process is gone.
+        let locking = owners_dir.join(format!("{tag}{LOCKING_SUFFIX}"));
+        let path = owners_dir.join(format!("{tag}.lock"));
+        let mut lock = FileLock::acquire(&locking, LockMode::Exclusive)?;
+        fs::rename(&locking, &path).context(|| format!("renaming {} into place", locking.display()))?;
+        lock.path = path;
         Ok(ProcessOwner {
             tag,
             counter: AtomicU64::new(0),
@@ -153,11 +175,18 @@ impl ProcessOwner {
         FileLock::is_held(&owners_dir.join(format!("{tag}.lock")))
     }
 
-    /// Removes owner files of dead processes (after their temporaries are gone).
+    /// Removes owner files of dead processes (after their temporaries are gone), and the
+    /// half-registered files of processes that died while registering (only once they are
+    /// old: a fresh one may be between its create and its flock).
     pub fn forget_dead(owners_dir: &Path) -> Result<(), StoreError> {
         for name in crate::layout::Layout::entries(owners_dir)? {
-            if let Some(tag) = name.strip_suffix(".lock") {
-                let path = owners_dir.join(&name);
+            let path = owners_dir.join(&name);
+            let tag = match name.strip_suffix(LOCKING_SUFFIX) {
+                Some(tag) if is_older_than(&path, STALE_REGISTRATION) => Some(tag),
+                Some(_) => None,
+                None => name.strip_suffix(".lock"),
+            };
+            if let Some(tag) = tag {
                 if let Some(_lock) = FileLock::try_acquire(&path, LockMode::Exclusive)? {
                     if !tag.is_empty() {
                         let _ = fs::remove_file(&path);
@@ -210,5 +239,31 @@ mod tests {
         assert!(!ProcessOwner::is_alive(dir.path(), &tag).unwrap());
         ProcessOwner::forget_dead(dir.path()).unwrap();
         assert!(crate::layout::Layout::entries(dir.path()).unwrap().is_empty());
+    }
+
+    /// Owners registering while another process forgets dead ones all stay alive (the
+    /// owner file used to exist unlocked for a moment, and could be removed then).
+    #[test]
+    fn registering_races_forget_dead() {
+        let dir = tempfile::tempdir().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sweeper = {
+            let (dir, stop) = (dir.path().to_owned(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    ProcessOwner::forget_dead(&dir).unwrap();
+                }
+            })
+        };
+        let owners: Vec<ProcessOwner> = (0..300).map(|_| ProcessOwner::register(dir.path()).unwrap()).collect();
+        stop.store(true, Ordering::Relaxed);
+        sweeper.join().unwrap();
+        for owner in &owners {
+            assert!(
+                ProcessOwner::is_alive(dir.path(), owner.tag()).unwrap(),
+                "{} taken for dead",
+                owner.tag()
+            );
+        }
     }
 }
