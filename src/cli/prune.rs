@@ -75,7 +75,8 @@ pub fn run_prune(global: &GlobalArgs, store: &StoreArgs, options: PruneOptions, 
     let builder = backend::open_for_maintenance(global, store)?;
     let verb = if options.dry_run { "Would remove" } else { "Removing" };
     let mut on_remove = |r: &Removed| {
-        if !json {
+        // `-q` (cron): only errors; `--json` still prints its object.
+        if !json && !global.quiet {
             println!(
                 "{verb} {} ({}, last used {})",
                 r.id,
@@ -87,7 +88,9 @@ pub fn run_prune(global: &GlobalArgs, store: &StoreArgs, options: PruneOptions, 
     let report = builder
         .prune(&options, &mut on_remove)
         .map_err(|e| CliError::environment(anyhow::Error::new(e)))?;
-    print_report(&report, json);
+    if json || !global.quiet {
+        print_report(&report, json);
+    }
     Ok(exit::SUCCESS)
 }
 
