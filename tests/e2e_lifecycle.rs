@@ -222,3 +222,49 @@ fn keep_free_stops_at_the_target() {
     assert_eq!(left, 6 - removed, "{report}");
     env.verify_clean();
 }
+
+/// The prune commands shipped for cron (`scripts/cron/strata-prune`) and systemd
+/// (`scripts/systemd/strata-prune.service`), run exactly as written (with the test binary for
+/// `strata` and the test store for `--store`/`STRATA_STORE`), after their own unescaping of
+/// `%`: they must parse and succeed.
+#[test]
+fn shipped_prune_commands_run() {
+    let env = Env::new(Backend::Overlayfs);
+    chain(&env, "cron");
+    let repo = common::repo();
+    let cron = std::fs::read_to_string(repo.join("scripts/cron/strata-prune")).unwrap();
+    let line = cron
+        .lines()
+        .find(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
+        .expect("a crontab line");
+    // Five time fields and the user, then the command; cron turns "\%" into "%".
+    let command = line
+        .split_whitespace()
+        .skip(6)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace("\\%", "%");
+    let mut commands: Vec<String> = command.split("&&").map(|c| c.trim().to_owned()).collect();
+    let service = std::fs::read_to_string(repo.join("scripts/systemd/strata-prune.service")).unwrap();
+    commands.extend(
+        service
+            .lines()
+            .filter_map(|l| l.strip_prefix("ExecStart="))
+            .map(|c| c.replace("%%", "%")),
+    );
+    assert!(commands.len() >= 4, "{commands:?}");
+    for command in &commands {
+        let mut words: Vec<&str> = command.split_whitespace().collect();
+        assert!(words[0].ends_with("strata"), "{command}");
+        words.remove(0);
+        if let Some(i) = words.iter().position(|w| *w == "--store") {
+            words.drain(i..i + 2);
+        }
+        let out = env.strata(&words);
+        assert!(out.status.success(), "{command}: {}", stderr(&out));
+        assert_eq!(stdout(&out), "", "{command}: -q prints nothing");
+    }
+    // The 7-day cutoff keeps what was just built; verify is clean.
+    assert_eq!(ids(&env).len(), 3);
+    env.verify_clean();
+}
