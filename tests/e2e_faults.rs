@@ -150,14 +150,7 @@ fn registry_answering_500() {
         }
     });
     let spec = env.spec("base.spec", "((from busybox))");
-    let mut cmd = env.command(&[
-        "build",
-        "-f",
-        spec.to_str().unwrap(),
-        ctx.to_str().unwrap(),
-        "--progress",
-        "plain",
-    ]);
+    let mut cmd = env.build_command(&spec, &ctx, &[]);
     cmd.env("STRATA_REGISTRY_MIRROR", format!("docker.io=http://{addr}"));
     let out = cmd.output().unwrap();
     let log = stderr(&out);

@@ -105,6 +105,13 @@ impl Env {
 
     /// `strata build -f SPEC CONTEXT --progress plain` plus `extra` args.
     pub fn build(&self, spec: &Path, context: &Path, extra: &[&str]) -> Output {
+        self.build_command(spec, context, extra)
+            .output()
+            .expect("running strata")
+    }
+
+    /// The command [`Env::build`] runs, to spawn it or change its environment first.
+    pub fn build_command(&self, spec: &Path, context: &Path, extra: &[&str]) -> Command {
         let mut args = vec![
             "build",
             "-f",
@@ -114,7 +121,7 @@ impl Env {
             "plain",
         ];
         args.extend_from_slice(extra);
-        self.strata(&args)
+        self.command(&args)
     }
 
     /// Builds and asserts success; returns (final id, stderr).
