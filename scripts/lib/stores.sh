@@ -14,8 +14,7 @@ make_store() {
       mnt=$(echo "$out" | awk '{print $2}')
       if [ -n "$mnt" ] && [ "$(dirname "$mnt")" != / ]; then echo "zfs:$(dirname "$mnt")/$pool"; else echo "zfs:$pool"; fi
       ;;
-    overlayfs) out=$(scripts/fixtures/overlay-dir create "$dir"); echo "overlayfs:$out/store" ;;
-    rsync) out=$(scripts/fixtures/overlay-dir create "$dir"); echo "rsync:$out/store" ;;
+    overlayfs | rsync) out=$(scripts/fixtures/overlay-dir create "$dir"); echo "$kind:$out/store" ;;
     *) echo "unknown store kind $kind" >&2; return 2 ;;
   esac
 }

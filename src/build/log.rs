@@ -171,7 +171,7 @@ impl StepLog {
         if !recent.is_empty() {
             return last_lines_of(&recent, lines);
         }
-        let start = len.saturating_sub(8192);
+        let start = len.saturating_sub(RECENT as u64);
         let mut buf = vec![0u8; (len - start) as usize];
         if self
             .file

@@ -110,8 +110,16 @@ pub struct ProcessOwner {
     _lock: FileLock,
 }
 
+/// The name suffix of a live or dead owner's file.
+const LOCK_SUFFIX: &str = ".lock";
+
 /// The name suffix of an owner file while it is being registered.
 const LOCKING_SUFFIX: &str = ".locking";
+
+/// The owner file of `tag` in `owners_dir`.
+fn owner_file(owners_dir: &Path, tag: &str) -> PathBuf {
+    owners_dir.join(format!("{tag}{LOCK_SUFFIX}"))
+}
 
 /// A registration file this old belongs to a process that died while registering.
 const STALE_REGISTRATION: std::time::Duration = std::time::Duration::from_secs(60);
@@ -141,7 +149,7 @@ impl ProcessOwner {
         // (and remove it) between our create and our flock, which would make every later
         // `is_alive` say this live process is gone.
         let locking = owners_dir.join(format!("{tag}{LOCKING_SUFFIX}"));
-        let path = owners_dir.join(format!("{tag}.lock"));
+        let path = owner_file(owners_dir, &tag);
         let mut lock = FileLock::acquire(&locking, LockMode::Exclusive)?;
         fs::rename(&locking, &path).context(|| format!("renaming {} into place", locking.display()))?;
         lock.path = path;
@@ -172,7 +180,7 @@ impl ProcessOwner {
         if tag.contains('/') || tag.is_empty() {
             return Ok(false);
         }
-        FileLock::is_held(&owners_dir.join(format!("{tag}.lock")))
+        FileLock::is_held(&owner_file(owners_dir, tag))
     }
 
     /// Removes owner files of dead processes (after their temporaries are gone), and the
@@ -184,7 +192,7 @@ impl ProcessOwner {
             let tag = match name.strip_suffix(LOCKING_SUFFIX) {
                 Some(tag) if is_older_than(&path, STALE_REGISTRATION) => Some(tag),
                 Some(_) => None,
-                None => name.strip_suffix(".lock"),
+                None => name.strip_suffix(LOCK_SUFFIX),
             };
             if let Some(tag) = tag {
                 if let Some(_lock) = FileLock::try_acquire(&path, LockMode::Exclusive)? {
