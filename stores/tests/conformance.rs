@@ -10,7 +10,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Barrier;
 use std::time::Duration;
@@ -350,18 +350,48 @@ pub fn hostile_cache_names(f: &BackendFixture) {
     assert!(store.list_caches().unwrap().is_empty());
 }
 
+/// Set to a store spec, the test binary plays a builder that dies mid-build (see
+/// [`dead_builder`]); unset, that test does nothing.
+const DEAD_BUILDER_SPEC: &str = "STRATA_TEST_DEAD_BUILDER_SPEC";
+
+/// A builder process killed mid-build: it leaves a pending item and a cache copy behind, and
+/// the kernel closes its descriptors (so its owner and build locks go, and nothing keeps the
+/// store's filesystem busy afterwards).
+#[test]
+fn dead_builder() {
+    let Ok(spec) = std::env::var(DEAD_BUILDER_SPEC) else {
+        return;
+    };
+    let store = strata_stores::open(&spec.parse().unwrap()).unwrap();
+    let item = pending(&*store, None, &id(1));
+    write(item.path(), "rootfs/partial", "x");
+    let lease = store.cache("dead-cache", 0, 0).unwrap();
+    println!("dead-item {}", item.path().display());
+    println!("dead-lease {}", lease.path().display());
+    std::io::Write::flush(&mut std::io::stdout()).unwrap();
+    nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL).unwrap();
+}
+
+/// Runs [`dead_builder`] on `spec` in a child process; returns the item and cache copy it left.
+fn run_dead_builder(spec: &StoreSpec) -> (PathBuf, PathBuf) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "dead_builder", "--nocapture", "--test-threads=1"])
+        .env(DEAD_BUILDER_SPEC, spec.to_string())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let find = |tag: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.split_once(tag).map(|(_, path)| path))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| panic!("the dead builder printed no {tag:?} ({}): {stdout}", out.status))
+    };
+    (find("dead-item "), find("dead-lease "))
+}
+
 pub fn leftovers_cleaned_at_open(f: &BackendFixture) {
-    // A process that dies mid-build: its item and cache copy stay behind, its owner lock
-    // goes (dropping the store drops the owner; the forgotten values never clean up).
-    let dead = f.open();
-    let dead_item = pending(&*dead, None, &id(1));
-    let dead_item_path = dead_item.path().to_path_buf();
-    write(&dead_item_path, "rootfs/partial", "x");
-    std::mem::forget(dead_item); // also leaks the id(1) build lock: id(1) is not used below
-    let dead_lease = dead.cache("dead-cache", 0, 0).unwrap();
-    let dead_lease_path = dead_lease.path().to_path_buf();
-    std::mem::forget(dead_lease);
-    drop(dead);
+    let (dead_item_path, dead_lease_path) = run_dead_builder(&f.spec);
     assert!(dead_item_path.exists() && dead_lease_path.exists());
 
     // A live process with work in flight.
