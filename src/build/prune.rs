@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use strata_stores::StepId;
 
+use super::lease::ExclusiveLease;
 use super::{BuildError, Builder};
 use crate::db::BuildRow;
 
@@ -111,15 +112,9 @@ impl Builder {
             self.plan_prune(options, limit, start_free, &mut used_total, &mut report, on_remove)?;
         } else {
             let mut skipped: HashSet<String> = HashSet::new();
-            'outer: loop {
-                if !no_target {
-                    if let Some(why) = self.target_met(options, start_free, report.bytes_freed, used_total)? {
-                        report.stopped = format!("target met: {why}");
-                        break;
-                    }
-                }
-                if report.removed.len() >= limit {
-                    report.stopped = format!("limit of {limit} reached");
+            loop {
+                if let Some(why) = self.should_stop(options, no_target, limit, start_free, &report, used_total)? {
+                    report.stopped = why;
                     break;
                 }
                 let candidates: Vec<BuildRow> = self
@@ -132,7 +127,22 @@ impl Builder {
                     report.stopped = "no more candidates".to_owned();
                     break;
                 }
+                // Remove this batch of leaves from the store, holding each one's lease until
+                // its row is gone too; then drop all their rows in one transaction. (A crash
+                // in between leaves rows without items, which the next command repairs.)
+                let mut done: Vec<(ExclusiveLease, Removed)> = Vec::new();
                 for candidate in candidates {
+                    if !done.is_empty() {
+                        let so_far = report.removed.len() + done.len();
+                        if so_far >= limit
+                            || (!no_target
+                                && self
+                                    .target_met(options, start_free, report.bytes_freed, used_total)?
+                                    .is_some())
+                        {
+                            break;
+                        }
+                    }
                     let Ok(id) = candidate.id.parse::<StepId>() else {
                         self.db().delete(&candidate.id)?;
                         continue;
@@ -151,31 +161,17 @@ impl Builder {
                     if self.store().result(&id)?.is_some() {
                         self.store().delete(&id)?;
                     }
-                    // (Bound first: the database guard must not live into the retry.)
-                    let deleted = self.db().delete(id.as_str());
-                    if let Err(e) = deleted {
-                        if !e.is_disk_full() {
-                            return Err(e.into());
-                        }
-                        // A full disk: what the delete freed comes back only once the
-                        // filesystem's cleaner has run (btrfs, ZFS). Wait for it, then retry.
-                        self.store().complete_deletes()?;
-                        self.db().delete(id.as_str())?;
-                    }
-                    lease.removed();
+                    report.bytes_freed += fresh.size;
+                    used_total = used_total.saturating_sub(fresh.size);
                     let removed = Removed {
                         id: fresh.id,
                         size: fresh.size,
                         used: fresh.used,
                     };
-                    report.bytes_freed += removed.size;
-                    used_total = used_total.saturating_sub(removed.size);
-                    on_remove(&removed);
-                    report.removed.push(removed);
-                    // Parents may have become leaves, and the target may be met: re-query.
-                    continue 'outer;
+                    done.push((lease, removed));
                 }
-                // Every candidate of this batch was skipped: ask for the next ones.
+                // Parents may have become leaves, and the target may be met: re-query after.
+                self.forget_removed(done, &mut report, on_remove)?;
             }
             if !report.removed.is_empty() {
                 self.store().complete_deletes()?;
@@ -186,6 +182,58 @@ impl Builder {
         }
         report.seconds = started.elapsed().as_secs_f64();
         Ok(report)
+    }
+
+    /// Why prune stops before its next batch, if it does.
+    fn should_stop(
+        &self,
+        options: &PruneOptions,
+        no_target: bool,
+        limit: usize,
+        start_free: u64,
+        report: &PruneReport,
+        used_total: u64,
+    ) -> Result<Option<String>, BuildError> {
+        if !no_target {
+            if let Some(why) = self.target_met(options, start_free, report.bytes_freed, used_total)? {
+                return Ok(Some(format!("target met: {why}")));
+            }
+        }
+        if report.removed.len() >= limit {
+            return Ok(Some(format!("limit of {limit} reached")));
+        }
+        Ok(None)
+    }
+
+    /// Deletes the rows of items just removed from the store (one transaction), then their
+    /// lease files, and reports them.
+    fn forget_removed(
+        &self,
+        done: Vec<(ExclusiveLease, Removed)>,
+        report: &mut PruneReport,
+        on_remove: &mut dyn FnMut(&Removed),
+    ) -> Result<(), BuildError> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = done.iter().map(|(_, r)| r.id.as_str()).collect();
+        // (Bound first: the database guard must not live into the retry.)
+        let deleted = self.db().delete_many(&ids);
+        if let Err(e) = deleted {
+            if !e.is_disk_full() {
+                return Err(e.into());
+            }
+            // A full disk: what the deletes freed comes back only once the filesystem's
+            // cleaner has run (btrfs, ZFS). Wait for it, then retry.
+            self.store().complete_deletes()?;
+            self.db().delete_many(&ids)?;
+        }
+        for (lease, removed) in done {
+            lease.removed();
+            on_remove(&removed);
+            report.removed.push(removed);
+        }
+        Ok(())
     }
 
     fn prune_caches(&self, report: &mut PruneReport) -> Result<(), BuildError> {

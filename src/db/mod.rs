@@ -346,6 +346,20 @@ impl Db {
         Ok(())
     }
 
+    /// Deletes the rows of `ids` in one transaction: one set of journal syncs for the lot.
+    pub fn delete_many(&self, ids: &[&str]) -> Result<(), DbError> {
+        let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
+        {
+            let mut stmt = tx
+                .prepare_cached("DELETE FROM builds WHERE id = ?1")
+                .map_err(|e| self.err(e))?;
+            for id in ids {
+                stmt.execute([id]).map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
     pub fn count(&self) -> Result<u64, DbError> {
         self.conn
             .query_row("SELECT COUNT(*) FROM builds", [], |r| r.get::<_, i64>(0))

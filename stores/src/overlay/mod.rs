@@ -75,10 +75,11 @@ fn exists(path: &Path) -> bool {
     fs::symlink_metadata(path).is_ok()
 }
 
-/// Unmounts whatever is mounted in a tree, then removes it.
+/// Unmounts what the store mounts in an item or temporary (its `rootfs/`), then removes it
+/// (never crossing into a mount found there after all).
 fn unmount_and_remove(path: &Path) -> Result<(), StoreError> {
-    mount::unmount_all_under(path)?;
-    remove_tree(path)
+    mount::unmount_stack(&path.join("rootfs"))?;
+    mount::remove_tree_without_crossing_mounts(path)
 }
 
 impl OverlayStore {
@@ -289,11 +290,11 @@ impl Store for OverlayStore {
         if !exists(&item) {
             return Ok(());
         }
-        mount::unmount_all_under(&item)?;
+        mount::unmount_stack(&item.join("rootfs"))?;
         // Aside first: a crash during the removal leaves an orphan, not half an item.
         let aside = self.layout.result_tmp_dir().join(self.owner.temp_name(id.as_str()));
         fs::rename(&item, &aside).context(|| format!("moving {} aside", item.display()))?;
-        remove_tree(&aside)
+        unmount_and_remove(&aside)
     }
 
     fn complete_deletes(&self) -> Result<(), StoreError> {

@@ -264,6 +264,85 @@ pub fn unmount_all_under(dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Unmounts every mount stacked at `target` (none is fine).
+pub fn unmount_stack(target: &Path) -> Result<(), StoreError> {
+    const MOST: usize = 16;
+    for _ in 0..MOST {
+        if !is_mount_point(target)? {
+            return Ok(());
+        }
+        unmount(target)?;
+    }
+    Err(StoreError::io(
+        format!("unmounting {}", target.display()),
+        io::Error::other(format!("still a mount point after {MOST} unmounts")),
+    ))
+}
+
+/// Removes the tree at `path`, which should hold no mount any more. The walk checks each
+/// directory and never descends into a mount: if it meets one (a view mounted again meanwhile,
+/// something mounted by hand), it unmounts everything under `path` first. That fallback reads
+/// every mount of the host from `/proc/self/mountinfo`, which with a thousand overlay views is
+/// megabytes of text per call: the reason it is not done on every removal.
+pub fn remove_tree_without_crossing_mounts(path: &Path) -> Result<(), StoreError> {
+    match remove_within_one_mount(path)? {
+        None => Ok(()),
+        Some(mount_point) => {
+            tracing::debug!(
+                "{} is mounted; unmounting all under {}",
+                mount_point.display(),
+                path.display()
+            );
+            unmount_all_under(path)?;
+            crate::tree_copy::remove_tree(path)
+        }
+    }
+}
+
+/// Removes `path` bottom-up; stops at the first mount point met and returns it.
+fn remove_within_one_mount(path: &Path) -> Result<Option<PathBuf>, StoreError> {
+    let gone = |e: &io::Error| e.kind() == io::ErrorKind::NotFound;
+    let io_err = |what: &str, p: &Path, e: io::Error| StoreError::io(format!("{what} {}", p.display()), e);
+    // (directory, its entries have been removed or queued)
+    let mut stack = vec![(path.to_path_buf(), false)];
+    while let Some((dir, emptied)) = stack.pop() {
+        if emptied {
+            match fs::remove_dir(&dir) {
+                Err(e) if !gone(&e) => return Err(io_err("removing", &dir, e)),
+                _ => continue,
+            }
+        }
+        match fs::symlink_metadata(&dir) {
+            Err(e) if gone(&e) => continue,
+            Err(e) => return Err(io_err("reading", &dir, e)),
+            Ok(meta) if !meta.is_dir() => {
+                match fs::remove_file(&dir) {
+                    Err(e) if !gone(&e) => return Err(io_err("removing", &dir, e)),
+                    _ => continue,
+                };
+            }
+            Ok(_) => {}
+        }
+        if is_mount_point(&dir)? {
+            return Ok(Some(dir));
+        }
+        stack.push((dir.clone(), true));
+        let entries = fs::read_dir(&dir).map_err(|e| io_err("listing", &dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| io_err("listing", &dir, e))?;
+            let kind = entry.file_type().map_err(|e| io_err("reading", &entry.path(), e))?;
+            if kind.is_dir() {
+                stack.push((entry.path(), false));
+            } else if let Err(e) = fs::remove_file(entry.path()) {
+                if !gone(&e) {
+                    return Err(io_err("removing", &entry.path(), e));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,5 +352,78 @@ mod tests {
         assert_eq!(unescape_mount_path("/a\\040b"), PathBuf::from("/a b"));
         assert_eq!(unescape_mount_path("/plain"), PathBuf::from("/plain"));
         assert_eq!(unescape_mount_path("/x\\134y"), PathBuf::from("/x\\y"));
+    }
+
+    /// Unmounts whatever a test left mounted under its directory, even when it fails.
+    struct UnmountOnDrop(PathBuf);
+
+    impl Drop for UnmountOnDrop {
+        fn drop(&mut self) {
+            let _ = unmount_all_under(&self.0);
+        }
+    }
+
+    fn bind(source: &Path, target: &Path) {
+        mount(Some(source), target, None::<&str>, MsFlags::MS_BIND, None::<&str>).unwrap();
+    }
+
+    #[test]
+    fn removal_never_deletes_through_a_mount() {
+        if !strata_testkit::is_root() {
+            eprintln!("skipping: needs root to mount");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let _guard = UnmountOnDrop(dir.path().to_path_buf());
+        let keep = dir.path().join("keep");
+        fs::create_dir(&keep).unwrap();
+        fs::write(keep.join("precious"), "x").unwrap();
+        let tree = dir.path().join("tree");
+        fs::create_dir_all(tree.join("a/b/deep")).unwrap();
+        fs::write(tree.join("a/b/file"), "f").unwrap();
+        std::os::unix::fs::symlink(&keep, tree.join("a/link-out")).unwrap();
+        fs::create_dir(tree.join("a/b/deep/mnt")).unwrap();
+        // A writable mount deep in the tree, found by the walk, not by name.
+        bind(&keep, &tree.join("a/b/deep/mnt"));
+        remove_tree_without_crossing_mounts(&tree).unwrap();
+        assert!(!tree.exists());
+        assert_eq!(fs::read_to_string(keep.join("precious")).unwrap(), "x");
+        assert!(mounts_under(dir.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn removal_of_a_plain_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        fs::create_dir_all(tree.join("x/y/z")).unwrap();
+        for n in 0..50 {
+            fs::write(tree.join(format!("x/y/f{n}")), "f").unwrap();
+        }
+        std::os::unix::fs::symlink("/nonexistent", tree.join("x/dangling")).unwrap();
+        remove_tree_without_crossing_mounts(&tree).unwrap();
+        assert!(!tree.exists());
+        remove_tree_without_crossing_mounts(&tree).unwrap();
+    }
+
+    #[test]
+    fn stacked_mounts_all_come_off() {
+        if !strata_testkit::is_root() {
+            eprintln!("skipping: needs root to mount");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let _guard = UnmountOnDrop(dir.path().to_path_buf());
+        let (source, target) = (dir.path().join("s"), dir.path().join("t"));
+        fs::create_dir(&source).unwrap();
+        fs::create_dir(&target).unwrap();
+        for _ in 0..3 {
+            bind(&source, &target);
+        }
+        umount2(&target, MntFlags::empty()).unwrap();
+        assert!(is_mount_point(&target).unwrap(), "mounts are stacked");
+        unmount_stack(&target).unwrap();
+        assert!(!is_mount_point(&target).unwrap());
+        assert!(mounts_under(dir.path()).unwrap().is_empty());
+        unmount_stack(&target).unwrap();
     }
 }
