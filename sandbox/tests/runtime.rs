@@ -386,9 +386,11 @@ fn fast_sync(rt: &'static str) {
 
 fn limits(rt: &'static str) {
     let Some(env) = env(rt) else { return };
-    // `tail` keeps the last "line" of endless zeros in memory.
-    let mut c = sh("head -c 200m /dev/zero | tail > /dev/null; echo status $?");
-    c.limits.memory_bytes = Some(16 << 20);
+    // `tail` keeps the last "line" of endless zeros in memory. It volunteers as the OOM
+    // killer's victim: left to choose on a loaded machine, the kernel once took the shell.
+    let mut c =
+        sh("head -c 300m /dev/zero | (echo 1000 > /proc/self/oom_score_adj; exec tail) > /dev/null; echo status $?");
+    c.limits.memory_bytes = Some(64 << 20);
     assert!(
         env.run_ok(&c).contains("status 137"),
         "the allocating process is OOM-killed"
