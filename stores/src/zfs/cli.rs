@@ -34,11 +34,20 @@ fn is_not_mounted(e: &StoreError) -> bool {
     matches!(e, StoreError::Command { stderr, .. } if stderr.contains("not currently mounted"))
 }
 
-/// Creates a filesystem; `Ok(false)` if it existed already.
+/// `zfs create` made the dataset but could not mount it: another process opening the same
+/// new store was mounting it at that moment ("mountpoint or dataset is busy").
+fn is_created_not_mounted(e: &StoreError) -> bool {
+    matches!(e, StoreError::Command { stderr, .. }
+        if stderr.contains("cannot mount") || stderr.contains("created, but not mounted"))
+}
+
+/// Creates a filesystem; `Ok(false)` if it existed already. It may be left unmounted (see
+/// [`ensure_mounted`]).
 pub fn create(dataset: &str) -> Result<bool, StoreError> {
     match zfs(&["create", dataset]) {
         Ok(_) => Ok(true),
         Err(e) if is_already_exists(&e) => Ok(false),
+        Err(e) if is_created_not_mounted(&e) && exists(dataset)? => Ok(true),
         Err(e) => Err(e),
     }
 }
@@ -237,6 +246,14 @@ mod tests {
         };
         assert!(is_missing(&missing));
         assert!(!is_already_exists(&missing));
+        assert!(!is_created_not_mounted(&missing));
+        // What zfs-fuse said when ten processes opened one new store at once.
+        let racing = StoreError::Command {
+            command: "zfs create p/state".into(),
+            status: "exit status: 1".into(),
+            stderr: "cannot mount 'p/state': mountpoint or dataset is busy".into(),
+        };
+        assert!(is_created_not_mounted(&racing) && !is_missing(&racing));
     }
 
     #[test]
