@@ -87,17 +87,36 @@ pub fn unmount(dataset: &str) -> Result<(), StoreError> {
 }
 
 /// Mounts a filesystem unless it is mounted already, and returns its mount point.
+///
+/// Several processes may mount the same dataset at once (a new store, an item just
+/// committed). The losers see "already mounted", "busy" or "failed to create mountpoint"
+/// (zfs-fuse's mkdir met the winner's): a dataset mounted after all is success, and the
+/// last two are retried a few times.
 pub fn ensure_mounted(dataset: &str) -> Result<PathBuf, StoreError> {
+    const ATTEMPTS: u32 = 6;
     let (mounted, mountpoint) = mount_state(dataset)?;
-    if !mounted {
-        match zfs_retry(&["mount", dataset]) {
-            Ok(_) => {}
-            // Another process mounted it meanwhile.
-            Err(StoreError::Command { stderr, .. }) if stderr.contains("already mounted") => {}
-            Err(e) => return Err(e),
-        }
+    if mounted {
+        return Ok(mountpoint);
     }
-    Ok(mountpoint)
+    let mut delay = std::time::Duration::from_millis(50);
+    let mut attempt = 1;
+    loop {
+        let err = match zfs_retry(&["mount", dataset]) {
+            Ok(_) => return Ok(mountpoint),
+            Err(e) => e,
+        };
+        if mount_state(dataset)?.0 {
+            return Ok(mountpoint);
+        }
+        let racing = matches!(&err, StoreError::Command { stderr, .. }
+            if stderr.contains("already mounted") || stderr.contains("failed to create mountpoint"));
+        if !racing || attempt == ATTEMPTS {
+            return Err(err);
+        }
+        std::thread::sleep(delay);
+        delay *= 2;
+        attempt += 1;
+    }
 }
 
 /// `(mounted, mountpoint)` of a filesystem, read from its properties.
