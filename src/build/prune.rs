@@ -106,14 +106,13 @@ impl Builder {
         };
         let start_free = self.store().disk_usage()?.free_bytes;
         let mut used_total: u64 = self.db().list()?.iter().map(|r| r.size).sum();
-        let limit = options.limit.unwrap_or(usize::MAX);
-        let no_target = options.keep_free.is_none() && options.max_used.is_none();
         if options.dry_run {
-            self.plan_prune(options, limit, start_free, &mut used_total, &mut report, on_remove)?;
+            self.plan_prune(options, start_free, &mut used_total, &mut report, on_remove)?;
         } else {
             let mut skipped: HashSet<String> = HashSet::new();
             loop {
-                if let Some(why) = self.should_stop(options, no_target, limit, start_free, &report, used_total)? {
+                let removed = report.removed.len();
+                if let Some(why) = self.should_stop(options, start_free, removed, report.bytes_freed, used_total)? {
                     report.stopped = why;
                     break;
                 }
@@ -132,16 +131,13 @@ impl Builder {
                 // in between leaves rows without items, which the next command repairs.)
                 let mut done: Vec<(ExclusiveLease, Removed)> = Vec::new();
                 for candidate in candidates {
-                    if !done.is_empty() {
-                        let so_far = report.removed.len() + done.len();
-                        if so_far >= limit
-                            || (!no_target
-                                && self
-                                    .target_met(options, start_free, report.bytes_freed, used_total)?
-                                    .is_some())
-                        {
-                            break;
-                        }
+                    let so_far = report.removed.len() + done.len();
+                    if !done.is_empty()
+                        && self
+                            .should_stop(options, start_free, so_far, report.bytes_freed, used_total)?
+                            .is_some()
+                    {
+                        break;
                     }
                     let Ok(id) = candidate.id.parse::<StepId>() else {
                         self.db().delete(&candidate.id)?;
@@ -184,22 +180,23 @@ impl Builder {
         Ok(report)
     }
 
-    /// Why prune stops before its next batch, if it does.
+    /// Why prune stops before removing another item, if it does, with `removed` items
+    /// (`freed` bytes) gone or going so far.
     fn should_stop(
         &self,
         options: &PruneOptions,
-        no_target: bool,
-        limit: usize,
         start_free: u64,
-        report: &PruneReport,
+        removed: usize,
+        freed: u64,
         used_total: u64,
     ) -> Result<Option<String>, BuildError> {
-        if !no_target {
-            if let Some(why) = self.target_met(options, start_free, report.bytes_freed, used_total)? {
+        if options.keep_free.is_some() || options.max_used.is_some() {
+            if let Some(why) = self.target_met(options, start_free, freed, used_total)? {
                 return Ok(Some(format!("target met: {why}")));
             }
         }
-        if report.removed.len() >= limit {
+        let limit = options.limit.unwrap_or(usize::MAX);
+        if removed >= limit {
             return Ok(Some(format!("limit of {limit} reached")));
         }
         Ok(None)
@@ -254,7 +251,6 @@ impl Builder {
     fn plan_prune(
         &self,
         options: &PruneOptions,
-        limit: usize,
         start_free: u64,
         used_total: &mut u64,
         report: &mut PruneReport,
@@ -269,14 +265,9 @@ impl Builder {
         }
         let mut gone: HashSet<String> = HashSet::new();
         loop {
-            if options.keep_free.is_some() || options.max_used.is_some() {
-                if let Some(why) = self.target_met(options, start_free, report.bytes_freed, *used_total)? {
-                    report.stopped = format!("target met: {why}");
-                    return Ok(());
-                }
-            }
-            if report.removed.len() >= limit {
-                report.stopped = format!("limit of {limit} reached");
+            let removed = report.removed.len();
+            if let Some(why) = self.should_stop(options, start_free, removed, report.bytes_freed, *used_total)? {
+                report.stopped = why;
                 return Ok(());
             }
             // `rows` is ordered by `used`: the first eligible leaf is the oldest.
