@@ -363,18 +363,25 @@ mod tests {
         }
     }
 
+    /// A temporary directory whose mounts are undone even when the test fails; `None` (with a
+    /// notice) unless running as root.
+    fn mount_scratch() -> Option<(tempfile::TempDir, UnmountOnDrop)> {
+        if !strata_testkit::is_root() {
+            eprintln!("skipping: needs root to mount");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let guard = UnmountOnDrop(dir.path().to_path_buf());
+        Some((dir, guard))
+    }
+
     fn bind(source: &Path, target: &Path) {
         mount(Some(source), target, None::<&str>, MsFlags::MS_BIND, None::<&str>).unwrap();
     }
 
     #[test]
     fn removal_never_deletes_through_a_mount() {
-        if !strata_testkit::is_root() {
-            eprintln!("skipping: needs root to mount");
-            return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let _guard = UnmountOnDrop(dir.path().to_path_buf());
+        let Some((dir, _guard)) = mount_scratch() else { return };
         let keep = dir.path().join("keep");
         fs::create_dir(&keep).unwrap();
         fs::write(keep.join("precious"), "x").unwrap();
@@ -407,12 +414,7 @@ mod tests {
 
     #[test]
     fn stacked_mounts_all_come_off() {
-        if !strata_testkit::is_root() {
-            eprintln!("skipping: needs root to mount");
-            return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let _guard = UnmountOnDrop(dir.path().to_path_buf());
+        let Some((dir, _guard)) = mount_scratch() else { return };
         let (source, target) = (dir.path().join("s"), dir.path().join("t"));
         fs::create_dir(&source).unwrap();
         fs::create_dir(&target).unwrap();
