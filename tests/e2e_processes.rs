@@ -111,17 +111,104 @@ fn kill_during_run_then_rebuild() {
     let (id, _) = env.build_ok(&spec, &ctx, &[]);
     assert_eq!(id, expected);
     env.verify_clean();
-    let runc = std::process::Command::new("runc")
-        .args(["--root"])
-        .arg(env.store_root().join("state/sandbox"))
-        .args(["list", "-q"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&runc.stdout).trim(),
-        "",
-        "containers left behind"
+    env.assert_no_leftovers();
+}
+
+/// Two `strata prune --older-than 0s` processes released at the same moment (both block on
+/// one pipe until the test closes its write end) while a build runs a step on the same store:
+/// both prunes exit 0 and delete what is not in use, the build succeeds, `verify` is clean and
+/// nothing is left behind.
+fn two_prunes_released_together_during_a_build(backend: Backend) {
+    use std::io::BufRead;
+
+    let env = Env::new(backend);
+    let ctx = env.context("ctx");
+    // Six committed items in a chain for the prunes to delete.
+    let chain = env.spec(
+        "chain.spec",
+        r#"((from busybox)
+ (run (shell "echo 1 > /1")) (run (shell "echo 2 > /2")) (run (shell "echo 3 > /3"))
+ (run (shell "echo 4 > /4")) (run (shell "echo 5 > /5")) (run (shell "echo 6 > /6")))"#,
     );
+    let (chain_id, _) = env.build_ok(&chain, &ctx, &[]);
+    let slow = env.spec(
+        "slow.spec",
+        r#"((from busybox) (run (shell "echo prune-race-started; sleep 3; echo done > /x")) (run (shell "cat /x")))"#,
+    );
+    let mut build = env
+        .build_command(&slow, &ctx, &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let build_stderr = build.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in std::io::BufReader::new(build_stderr).lines().map_while(Result::ok) {
+            if line.contains("prune-race-started") {
+                let _ = started_tx.send(());
+            }
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    });
+
+    // The barrier: both prunes wait in `read` on the same pipe; closing the write end
+    // releases them together.
+    let (release_read, release_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    let base = env.command(&[]);
+    let prunes: Vec<_> = (0..2)
+        .map(|_| {
+            let mut cmd = std::process::Command::new("sh");
+            cmd.args(["-c", "read -r _ || true; exec \"$@\"", "sh"])
+                .arg(env!("CARGO_BIN_EXE_strata"))
+                .args(["prune", "--older-than", "0s"]);
+            for (key, value) in base.get_envs() {
+                match value {
+                    Some(value) => cmd.env(key, value),
+                    None => cmd.env_remove(key),
+                };
+            }
+            cmd.stdin(Stdio::from(release_read.try_clone().unwrap()))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    drop(release_read);
+    let marker = started_rx.recv_timeout(Duration::from_secs(60));
+    // Release the prunes even if the marker never came, so that nothing waits forever.
+    drop(release_write);
+    assert!(marker.is_ok(), "the build's step never started");
+    for prune in prunes {
+        let out = prune.wait_with_output().unwrap();
+        assert!(out.status.success(), "prune failed ({}): {}", out.status, stderr(&out));
+    }
+    let status = build.wait().unwrap();
+    let build_log = reader.join().unwrap();
+    assert!(status.success(), "build failed ({status}):\n{build_log}");
+    let ls = env.strata(&["ls"]);
+    assert!(ls.status.success(), "{}", stderr(&ls));
+    assert!(
+        !common::stdout(&ls).contains(&chain_id),
+        "the prunes left the unused chain: {}",
+        common::stdout(&ls)
+    );
+    env.verify_clean();
+    env.assert_no_leftovers();
+}
+
+#[test]
+fn two_prunes_released_together_during_a_build_on_btrfs() {
+    two_prunes_released_together_during_a_build(Backend::Btrfs);
+}
+
+#[test]
+fn two_prunes_released_together_during_a_build_on_overlayfs() {
+    two_prunes_released_together_during_a_build(Backend::Overlayfs);
 }
 
 /// A database locked by another process is waited for, not an error.

@@ -156,6 +156,18 @@ impl Env {
         PathBuf::from(rest)
     }
 
+    /// Asserts that nothing of the store is left behind: no process, container, cgroup,
+    /// bundle or temporary mount (the independent check in `strata_testkit::leftovers`).
+    pub fn assert_no_leftovers(&self) {
+        let found = strata_testkit::leftovers::scan(&self.store_root());
+        assert!(
+            found.is_empty(),
+            "left behind in {}:\n{}",
+            self.store,
+            found.iter().map(|l| l.to_string()).collect::<Vec<_>>().join("\n")
+        );
+    }
+
     pub fn verify_clean(&self) {
         let out = self.strata(&["verify"]);
         assert!(out.status.success(), "verify: {}\n{}", stdout(&out), stderr(&out));
