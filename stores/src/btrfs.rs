@@ -23,7 +23,7 @@ use std::path::Path;
 use libbtrfsutil::CreateSnapshotOptions;
 
 use crate::dir_store::{DirStore, TreeOps};
-use crate::{Store, StoreError, StoreSpec};
+use crate::{Leftovers, Store, StoreError, StoreSpec};
 
 fn checked(path: &Path) -> Result<&Path, StoreError> {
     if path.as_os_str().as_bytes().contains(&0) {
@@ -168,13 +168,13 @@ fn check_btrfs(root: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-pub fn open_btrfs(spec: &StoreSpec) -> Result<BtrfsStore, StoreError> {
+pub fn open_btrfs(spec: &StoreSpec, leftovers: Leftovers) -> Result<BtrfsStore, StoreError> {
     checked(&spec.path())?;
-    DirStore::open(spec, BtrfsOps, check_btrfs)
+    DirStore::open(spec, leftovers, BtrfsOps, check_btrfs)
 }
 
-pub fn open(spec: &StoreSpec) -> Result<Box<dyn Store>, StoreError> {
-    Ok(Box::new(open_btrfs(spec)?))
+pub fn open(spec: &StoreSpec, leftovers: Leftovers) -> Result<Box<dyn Store>, StoreError> {
+    Ok(Box::new(open_btrfs(spec, leftovers)?))
 }
 
 // ---- BTRFS_IOC_TREE_SEARCH (the kernel ABI; see linux/btrfs.h) ----

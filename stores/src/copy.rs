@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::dir_store::{DirStore, TreeOps};
 use crate::error::IoContext;
 use crate::tree_copy::{copy_tree, remove_tree, DataCopy};
-use crate::{Store, StoreError, StoreSpec};
+use crate::{Leftovers, Store, StoreError, StoreSpec};
 
 /// Tree operations by copying.
 pub struct CopyOps {
@@ -78,14 +78,14 @@ impl TreeOps for CopyOps {
 /// The concrete copy store.
 pub type CopyStore = DirStore<CopyOps>;
 
-pub fn open_copy(spec: &StoreSpec) -> Result<CopyStore, StoreError> {
+pub fn open_copy(spec: &StoreSpec, leftovers: Leftovers) -> Result<CopyStore, StoreError> {
     let data = match spec {
         StoreSpec::Xfs(_) => DataCopy::ReflinkOrPlain,
         _ => DataCopy::Plain,
     };
-    DirStore::open(spec, CopyOps::new(data), |_| Ok(()))
+    DirStore::open(spec, leftovers, CopyOps::new(data), |_| Ok(()))
 }
 
-pub fn open(spec: &StoreSpec) -> Result<Box<dyn Store>, StoreError> {
-    Ok(Box::new(open_copy(spec)?))
+pub fn open(spec: &StoreSpec, leftovers: Leftovers) -> Result<Box<dyn Store>, StoreError> {
+    Ok(Box::new(open_copy(spec, leftovers)?))
 }

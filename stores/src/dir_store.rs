@@ -20,8 +20,8 @@ use crate::error::IoContext;
 use crate::layout::Layout;
 use crate::owner::{FileLock, LockMode, ProcessOwner};
 use crate::{
-    cache_name, CacheLease, Committed, DiskUsage, PendingItem, Prepared, Recovered, RootfsView, StepId, Store,
-    StoreError, StoreSpec,
+    cache_name, CacheLease, Committed, DiskUsage, Leftovers, PendingItem, Prepared, Recovered, RootfsView, StepId,
+    Store, StoreError, StoreSpec,
 };
 
 /// How one backend makes and removes trees. Paths are always inside the store.
@@ -84,10 +84,11 @@ fn unsuitable(path: &Path, what: &str, e: impl std::fmt::Display) -> StoreError 
 
 impl<T: TreeOps> DirStore<T> {
     /// Creates the layout under `spec.path()` if needed, registers this process as an owner,
-    /// and removes the temporaries of dead processes. `check_root` runs once the root
-    /// directory exists (e.g. "is this btrfs?").
+    /// and (with [`Leftovers::Remove`]) removes the temporaries of dead processes.
+    /// `check_root` runs once the root directory exists (e.g. "is this btrfs?").
     pub fn open(
         spec: &StoreSpec,
+        leftovers: Leftovers,
         ops: T,
         check_root: impl FnOnce(&Path) -> Result<(), StoreError>,
     ) -> Result<DirStore<T>, StoreError> {
@@ -123,7 +124,10 @@ impl<T: TreeOps> DirStore<T> {
             StoreError::Io { .. } => unsuitable(&root, "cannot initialise the store", e),
             other => other,
         })?;
-        let removed = crate::leftovers::reconcile_temporaries(&layout, |p| ops.remove(p))?;
+        let removed = match leftovers {
+            Leftovers::Remove => crate::leftovers::reconcile_temporaries(&layout, |p| ops.remove(p))?,
+            Leftovers::Keep => Vec::new(),
+        };
         if !removed.is_empty() {
             tracing::info!("removed {} leftover temporaries in {}", removed.len(), root.display());
         }
@@ -312,6 +316,27 @@ impl<T: TreeOps> Store for DirStore<T> {
 
     fn disk_usage(&self) -> Result<DiskUsage, StoreError> {
         statvfs_usage(&self.layout.root)
+    }
+
+    fn stale_temporaries(&self) -> Result<Vec<String>, StoreError> {
+        crate::leftovers::stale_temporaries(&self.layout)
+    }
+
+    fn remove_stale_temporaries(&self) -> Result<Vec<String>, StoreError> {
+        crate::leftovers::reconcile_temporaries(&self.layout, |p| self.ops.remove(p))
+    }
+
+    /// Every item holds `rootfs/`; one without it lost its tree (a removal cut short or
+    /// damage from outside: a delete itself moves the item aside first, or, on btrfs, drops
+    /// the subvolume in one step).
+    fn incomplete_items(&self) -> Result<Vec<(StepId, String)>, StoreError> {
+        Ok(self
+            .layout
+            .committed_ids()?
+            .into_iter()
+            .filter(|id| !self.layout.result(id).join("rootfs").is_dir())
+            .map(|id| (id, "its rootfs is gone".to_owned()))
+            .collect())
     }
 }
 

@@ -30,14 +30,42 @@ pub fn remove_orphans(
     Ok(removed)
 }
 
+/// The directories of temporaries, by the name the stores report them under.
+fn temporary_dirs(layout: &Layout) -> [(&'static str, std::path::PathBuf); 2] {
+    [
+        ("result-tmp", layout.result_tmp_dir()),
+        ("cache-tmp", layout.cache_tmp_dir()),
+    ]
+}
+
+/// The entries of `result-tmp/` and `cache-tmp/` that no live process owns, as
+/// `result-tmp/<name>` and `cache-tmp/<name>`.
+pub fn stale_temporaries(layout: &Layout) -> Result<Vec<String>, StoreError> {
+    let owners = layout.owners_dir();
+    let mut stale = Vec::new();
+    for (group, dir) in temporary_dirs(layout) {
+        for name in Layout::entries(&dir)? {
+            if is_orphan(&owners, &name)? {
+                stale.push(format!("{group}/{name}"));
+            }
+        }
+    }
+    Ok(stale)
+}
+
 /// [`remove_orphans`] on `result-tmp/` and `cache-tmp/`, then forgets dead owners' lock files.
+/// Returns the removed entries, named as [`stale_temporaries`] names them.
 pub fn reconcile_temporaries(
     layout: &Layout,
     mut remove: impl FnMut(&Path) -> Result<(), StoreError>,
 ) -> Result<Vec<String>, StoreError> {
     let owners = layout.owners_dir();
-    let mut removed = remove_orphans(&owners, &layout.result_tmp_dir(), &mut remove)?;
-    removed.extend(remove_orphans(&owners, &layout.cache_tmp_dir(), &mut remove)?);
+    let mut removed = Vec::new();
+    for (group, dir) in temporary_dirs(layout) {
+        for name in remove_orphans(&owners, &dir, &mut remove)? {
+            removed.push(format!("{group}/{name}"));
+        }
+    }
     ProcessOwner::forget_dead(&owners)?;
     Ok(removed)
 }
@@ -56,8 +84,13 @@ mod tests {
         let live_name = live.temp_name("x");
         std::fs::create_dir(layout.result_tmp_dir().join(&live_name)).unwrap();
         std::fs::create_dir(layout.result_tmp_dir().join("1.dead--0-x")).unwrap();
+        assert_eq!(
+            stale_temporaries(&layout).unwrap(),
+            vec!["result-tmp/1.dead--0-x".to_owned()]
+        );
         let removed = reconcile_temporaries(&layout, crate::tree_copy::remove_tree).unwrap();
-        assert_eq!(removed, vec!["1.dead--0-x".to_owned()]);
+        assert_eq!(removed, vec!["result-tmp/1.dead--0-x".to_owned()]);
+        assert!(stale_temporaries(&layout).unwrap().is_empty());
         assert!(layout.result_tmp_dir().join(&live_name).exists());
     }
 }

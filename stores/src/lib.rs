@@ -11,7 +11,8 @@
 //!   ([`Prepared::Exists`]).
 //! - A [`PendingItem`] is invisible to [`Store::result`] until [`PendingItem::commit`];
 //!   dropping it without committing discards it. A crash leaves only temporaries, which
-//!   the next [`open`] of the store removes when no live process owns them.
+//!   the next [`open`] of the store removes when no live process owns them
+//!   ([`Leftovers::Keep`] leaves them for `verify` to report).
 //! - A cache lease is a private writable copy of the latest version of the named cache; on
 //!   release it becomes the latest version unless another lease of the same cache was
 //!   released first (generation check).
@@ -98,6 +99,17 @@ impl DiskUsage {
     }
 }
 
+/// What opening a store does with the temporaries (in `result-tmp/`, `cache-tmp/`) that no
+/// live process owns: the leftovers of crashed builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Leftovers {
+    /// Remove them (what every command does).
+    #[default]
+    Remove,
+    /// Leave them for [`Store::stale_temporaries`] to report (`strata verify`).
+    Keep,
+}
+
 /// What a store reports about leftovers it removed when opened.
 #[derive(Debug, Default, Clone)]
 pub struct Recovered {
@@ -135,15 +147,33 @@ pub trait Store: Send + Sync {
     fn list_caches(&self) -> Result<Vec<String>>;
 
     fn disk_usage(&self) -> Result<DiskUsage>;
+
+    /// Temporaries no live process owns, as `result-tmp/<name>` or `cache-tmp/<name>`: what
+    /// opening with [`Leftovers::Remove`] removes. A live process's work is never listed.
+    fn stale_temporaries(&self) -> Result<Vec<String>>;
+    /// Removes the temporaries no live process owns (a failing one is logged and kept) and
+    /// forgets dead owners; returns what it removed, named as [`Store::stale_temporaries`].
+    fn remove_stale_temporaries(&self) -> Result<Vec<String>>;
+    /// Committed items that lost a part every item has (a delete cut short, or damage from
+    /// outside), each with what is wrong. One pass over the store, cheap enough for every open.
+    fn incomplete_items(&self) -> Result<Vec<(StepId, String)>>;
 }
 
 /// Opens (and on first use initialises) the store a spec names, removing leftovers that no
 /// live process owns.
+///
+/// Any number of processes may open one store at once, new or existing: the first use's
+/// directories and datasets are made (and mounted) before anything is written into them.
 pub fn open(spec: &StoreSpec) -> Result<Box<dyn Store>> {
+    open_with(spec, Leftovers::Remove)
+}
+
+/// [`open`], saying what to do with the leftovers of dead processes.
+pub fn open_with(spec: &StoreSpec, leftovers: Leftovers) -> Result<Box<dyn Store>> {
     match spec {
-        StoreSpec::Btrfs(_) => btrfs::open(spec),
-        StoreSpec::Rsync { .. } | StoreSpec::Xfs(_) => copy::open(spec),
-        StoreSpec::Zfs { .. } => zfs::open(spec),
-        StoreSpec::Overlayfs(_) => overlay::open(spec),
+        StoreSpec::Btrfs(_) => btrfs::open(spec, leftovers),
+        StoreSpec::Rsync { .. } | StoreSpec::Xfs(_) => copy::open(spec, leftovers),
+        StoreSpec::Zfs { .. } => zfs::open(spec, leftovers),
+        StoreSpec::Overlayfs(_) => overlay::open(spec, leftovers),
     }
 }

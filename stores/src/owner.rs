@@ -50,6 +50,21 @@ impl FileLock {
         })
     }
 
+    /// Waits for the lock on a directory (which is opened, never created).
+    pub fn acquire_directory(path: &Path, mode: LockMode) -> Result<FileLock, StoreError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(path)
+            .context(|| format!("opening directory {}", path.display()))?;
+        flock(&file, mode, true).context(|| format!("locking {}", path.display()))?;
+        Ok(FileLock {
+            _file: file,
+            path: path.to_owned(),
+        })
+    }
+
     /// Takes the lock if nobody holds a conflicting one, else `None`.
     pub fn try_acquire(path: &Path, mode: LockMode) -> Result<Option<FileLock>, StoreError> {
         let file = Self::open(path)?;

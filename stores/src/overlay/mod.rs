@@ -39,8 +39,8 @@ use crate::layout::Layout;
 use crate::owner::{FileLock, LockMode, ProcessOwner};
 use crate::tree_copy::{copy_tree, remove_tree, DataCopy};
 use crate::{
-    CacheLease, Committed, DiskUsage, PendingItem, Prepared, Recovered, RootfsView, StepId, Store, StoreError,
-    StoreSpec,
+    CacheLease, Committed, DiskUsage, Leftovers, PendingItem, Prepared, Recovered, RootfsView, StepId, Store,
+    StoreError, StoreSpec,
 };
 
 use mount::OverlayLayers;
@@ -60,8 +60,12 @@ pub struct OverlayStore {
     flatten_depth: usize,
 }
 
-pub fn open(spec: &StoreSpec) -> Result<Box<dyn Store>, StoreError> {
-    Ok(Box::new(OverlayStore::open(spec, DEFAULT_FLATTEN_DEPTH)?))
+pub fn open(spec: &StoreSpec, leftovers: Leftovers) -> Result<Box<dyn Store>, StoreError> {
+    Ok(Box::new(OverlayStore::open_with(
+        spec,
+        DEFAULT_FLATTEN_DEPTH,
+        leftovers,
+    )?))
 }
 
 fn unsuitable(path: &Path, what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -86,6 +90,11 @@ impl OverlayStore {
     /// Opens (and on first use creates) the store; bases of `flatten_depth` layers or more
     /// are flattened (clamped to the kernel's limit).
     pub fn open(spec: &StoreSpec, flatten_depth: usize) -> Result<OverlayStore, StoreError> {
+        Self::open_with(spec, flatten_depth, Leftovers::Remove)
+    }
+
+    /// [`OverlayStore::open`], saying what to do with the leftovers of dead processes.
+    pub fn open_with(spec: &StoreSpec, flatten_depth: usize, leftovers: Leftovers) -> Result<OverlayStore, StoreError> {
         let root = spec.path();
         fs::create_dir_all(&root).map_err(|e| unsuitable(&root, "cannot create the store directory", e))?;
         if !root.is_dir() {
@@ -111,7 +120,10 @@ impl OverlayStore {
             StoreError::Io { .. } => unsuitable(&root, "cannot initialise the store", e),
             other => other,
         })?;
-        let removed = crate::leftovers::reconcile_temporaries(&layout, unmount_and_remove)?;
+        let removed = match leftovers {
+            Leftovers::Remove => crate::leftovers::reconcile_temporaries(&layout, unmount_and_remove)?,
+            Leftovers::Keep => Vec::new(),
+        };
         if !removed.is_empty() {
             tracing::info!("removed {} leftover temporaries in {}", removed.len(), root.display());
         }
@@ -315,6 +327,26 @@ impl Store for OverlayStore {
 
     fn disk_usage(&self) -> Result<DiskUsage, StoreError> {
         crate::dir_store::statvfs_usage(&self.layout.root)
+    }
+
+    fn stale_temporaries(&self) -> Result<Vec<String>, StoreError> {
+        crate::leftovers::stale_temporaries(&self.layout)
+    }
+
+    fn remove_stale_temporaries(&self) -> Result<Vec<String>, StoreError> {
+        crate::leftovers::reconcile_temporaries(&self.layout, unmount_and_remove)
+    }
+
+    /// Every item holds its layer `diff/` (a delete moves the item aside before removing
+    /// anything, so only damage from outside, or a removal of another kind cut short, loses it).
+    fn incomplete_items(&self) -> Result<Vec<(StepId, String)>, StoreError> {
+        Ok(self
+            .layout
+            .committed_ids()?
+            .into_iter()
+            .filter(|id| !self.layout.result(id).join("diff").is_dir())
+            .map(|id| (id, "its layer diff/ is gone".to_owned()))
+            .collect())
     }
 }
 

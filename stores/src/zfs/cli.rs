@@ -135,6 +135,32 @@ pub fn mount_state(dataset: &str) -> Result<(bool, PathBuf), StoreError> {
     Ok((mounted, PathBuf::from(mountpoint)))
 }
 
+/// The direct children of `parent` (last component) and whether each is mounted, in one
+/// `zfs list`.
+pub fn mounted_children(parent: &str) -> Result<std::collections::BTreeMap<String, bool>, StoreError> {
+    let out = zfs(&[
+        "list",
+        "-H",
+        "-o",
+        "name,mounted",
+        "-t",
+        "filesystem",
+        "-r",
+        "-d",
+        "1",
+        parent,
+    ])?;
+    let prefix = format!("{parent}/");
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            let (name, mounted) = l.split_once('\t')?;
+            let child = name.trim().strip_prefix(&prefix)?;
+            (!child.contains('/')).then(|| (child.to_owned(), mounted.trim() == "yes"))
+        })
+        .collect())
+}
+
 /// Whether a dataset or snapshot exists.
 pub fn exists(name: &str) -> Result<bool, StoreError> {
     match zfs(&["list", "-H", "-o", "name", "-t", "all", name]) {

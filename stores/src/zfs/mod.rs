@@ -24,14 +24,15 @@ mod cache;
 pub mod cli;
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::cache_generation::CacheGenerations;
 use crate::error::IoContext;
 use crate::owner::{is_orphan, FileLock, LockMode, ProcessOwner};
 use crate::{
-    CacheLease, Committed, DiskUsage, PendingItem, Prepared, Recovered, RootfsView, StepId, Store, StoreError,
-    StoreSpec,
+    CacheLease, Committed, DiskUsage, Leftovers, PendingItem, Prepared, Recovered, RootfsView, StepId, Store,
+    StoreError, StoreSpec,
 };
 
 /// Longest dataset name ZFS accepts (MAXNAMELEN - 1).
@@ -48,35 +49,118 @@ pub struct ZfsStore {
     recovered: Recovered,
 }
 
-pub fn open(spec: &StoreSpec) -> Result<Box<dyn Store>, StoreError> {
-    Ok(Box::new(ZfsStore::open(spec)?))
+pub fn open(spec: &StoreSpec, leftovers: Leftovers) -> Result<Box<dyn Store>, StoreError> {
+    Ok(Box::new(ZfsStore::open(spec, leftovers)?))
+}
+
+/// The datasets every store has under its root dataset.
+const GROUPS: [&str; 5] = ["state", "result", "result-tmp", "cache", "cache-tmp"];
+
+/// Attempts to open the store when a file this process just wrote vanished under a mount
+/// (another process, maybe an older strata, mounting a group dataset over it).
+const OPEN_ATTEMPTS: u32 = 5;
+
+/// `(st_dev, st_ino)` of a path.
+fn identity(path: &Path) -> std::io::Result<(u64, u64)> {
+    let m = fs::metadata(path)?;
+    Ok((m.dev(), m.ino()))
+}
+
+/// Whether `dir` is the root of a filesystem other than its parent's.
+fn is_mounted_over(dir: &Path) -> Result<bool, StoreError> {
+    let own = identity(dir).context(|| format!("reading {}", dir.display()))?;
+    let parent = dir.join("..");
+    let up = identity(&parent).context(|| format!("reading {}", parent.display()))?;
+    Ok(own.0 != up.0)
+}
+
+/// Creates (on first use) and mounts the group datasets of the store rooted at `pool`
+/// (mounted at `root`) and the state directories, serialised with every other process
+/// opening the store by an flock on the root directory.
+///
+/// Unserialised, a process could find a group dataset created by another but not yet
+/// mounted (`zfs create` mounts in a second step), mount it itself and write into it while
+/// the creator's mount landed on top, or write into the bare mount point before anyone's
+/// mount: the files vanished under the mount (CI: `opening lock .../state/owners/...: No
+/// such file or directory`). Under the lock, every `zfs create` and mount of the groups
+/// runs to completion before anyone looks, so nothing is written until the state dataset is
+/// mounted, and nothing is mounted over it afterwards.
+fn prepare_groups(pool: &str, root: &Path) -> Result<PathBuf, StoreError> {
+    let lock = loop {
+        let lock = FileLock::acquire_directory(root, LockMode::Exclusive)?;
+        // The root itself was mounted over while we waited (its mount raced ours): lock
+        // the directory now in view instead.
+        let locked = lock.metadata().context(|| format!("reading {}", root.display()))?;
+        let current = identity(root).context(|| format!("reading {}", root.display()))?;
+        if (locked.dev(), locked.ino()) == current {
+            break lock;
+        }
+    };
+    let present = cli::mounted_children(pool)?;
+    for group in GROUPS {
+        let dataset = format!("{pool}/{group}");
+        match present.get(group) {
+            Some(true) => {}
+            Some(false) => {
+                cli::ensure_mounted(&dataset)?;
+            }
+            None => {
+                cli::create(&dataset)?;
+                cli::ensure_mounted(&dataset)?;
+            }
+        }
+    }
+    let state = cli::mount_state(&format!("{pool}/state"))?.1;
+    if !is_mounted_over(&state)? {
+        return Err(StoreError::Unsuitable {
+            path: state,
+            reason: format!("dataset {pool}/state says it is mounted here, but nothing is"),
+        });
+    }
+    for dir in [state.join("locks"), state.join("owners"), state.join("caches")] {
+        fs::create_dir_all(&dir).context(|| format!("creating {}", dir.display()))?;
+    }
+    drop(lock);
+    Ok(state)
+}
+
+fn is_not_found(e: &StoreError) -> bool {
+    matches!(e, StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
 }
 
 impl ZfsStore {
-    /// Opens the store, creating its group datasets on first use and destroying temporaries
-    /// whose owner process is dead.
-    pub fn open(spec: &StoreSpec) -> Result<ZfsStore, StoreError> {
+    /// Opens the store, creating its group datasets on first use and, with
+    /// [`Leftovers::Remove`], destroying temporaries whose owner process is dead.
+    pub fn open(spec: &StoreSpec, leftovers: Leftovers) -> Result<ZfsStore, StoreError> {
         let StoreSpec::Zfs { pool, .. } = spec else {
             return Err(StoreError::InvalidSpec {
                 spec: spec.to_string(),
                 reason: "not a zfs store spec".to_owned(),
             });
         };
-        let unsuitable = |e: StoreError| StoreError::Unsuitable {
-            path: spec.path(),
-            reason: format!("cannot use zfs dataset {pool:?}: {e}"),
+        let unsuitable = |e: StoreError| match e {
+            e @ StoreError::Unsuitable { .. } => e,
+            e => StoreError::Unsuitable {
+                path: spec.path(),
+                reason: format!("cannot use zfs dataset {pool:?}: {e}"),
+            },
         };
         let root = cli::ensure_mounted(pool).map_err(unsuitable)?;
-        for group in ["state", "result", "result-tmp", "cache", "cache-tmp"] {
-            let dataset = format!("{pool}/{group}");
-            cli::create(&dataset).map_err(unsuitable)?;
-            cli::ensure_mounted(&dataset).map_err(unsuitable)?;
-        }
-        let state = cli::mount_state(&format!("{pool}/state")).map_err(unsuitable)?.1;
-        let locks = state.join("locks");
-        fs::create_dir_all(&locks).context(|| format!("creating {}", locks.display()))?;
-        let owner = ProcessOwner::register(&state.join("owners"))?;
-        let caches = CacheGenerations::new(&state)?;
+        let mut attempt = 1;
+        let (state, owner, caches) = loop {
+            let registered = prepare_groups(pool, &root).map_err(unsuitable).and_then(|state| {
+                let owner = ProcessOwner::register(&state.join("owners"))?;
+                let caches = CacheGenerations::new(&state)?;
+                Ok((state, owner, caches))
+            });
+            match registered {
+                Err(e) if is_not_found(&e) && attempt < OPEN_ATTEMPTS => {
+                    tracing::debug!("opening {spec}: {e}; a mount raced this open, trying again");
+                    attempt += 1;
+                }
+                other => break other?,
+            }
+        };
         let mut store = ZfsStore {
             spec: spec.clone(),
             pool: pool.clone(),
@@ -86,7 +170,11 @@ impl ZfsStore {
             caches,
             recovered: Recovered::default(),
         };
-        store.recovered = store.recover()?;
+        if leftovers == Leftovers::Remove {
+            store.recovered = Recovered {
+                removed: store.remove_stale_temporaries()?,
+            };
+        }
         Ok(store)
     }
 
@@ -124,24 +212,17 @@ impl ZfsStore {
         Ok(name)
     }
 
-    /// Destroys temporaries of dead processes: items being built and cache leases. A cache
-    /// dataset that live leases were cloned from stays until they are gone.
-    fn recover(&self) -> Result<Recovered, StoreError> {
-        let mut recovered = Recovered::default();
+    /// Temporaries of dead processes (items being built, cache leases), as `group/name`.
+    fn stale(&self) -> Result<Vec<String>, StoreError> {
+        let mut stale = Vec::new();
         for group in ["result-tmp", "cache-tmp"] {
             for name in cli::children(&self.group(group))? {
-                if !is_orphan(&self.owners_dir(), &name)? {
-                    continue;
-                }
-                let dataset = format!("{}/{name}", self.group(group));
-                match cli::destroy(&dataset, false) {
-                    Ok(()) => recovered.removed.push(dataset),
-                    Err(e) => tracing::warn!("keeping leftover {dataset}: {e}"),
+                if is_orphan(&self.owners_dir(), &name)? {
+                    stale.push(format!("{group}/{name}"));
                 }
             }
         }
-        ProcessOwner::forget_dead(&self.owners_dir())?;
-        Ok(recovered)
+        Ok(stale)
     }
 }
 
@@ -222,6 +303,41 @@ impl Store for ZfsStore {
     fn complete_deletes(&self) -> Result<(), StoreError> {
         // `zfs destroy` returns once the space is accounted as free.
         Ok(())
+    }
+
+    fn stale_temporaries(&self) -> Result<Vec<String>, StoreError> {
+        self.stale()
+    }
+
+    /// Destroys temporaries of dead processes. A cache dataset that live leases were cloned
+    /// from stays until they are gone.
+    fn remove_stale_temporaries(&self) -> Result<Vec<String>, StoreError> {
+        let mut removed = Vec::new();
+        for name in self.stale()? {
+            let dataset = format!("{}/{name}", self.pool);
+            match cli::destroy(&dataset, false) {
+                Ok(()) => removed.push(name),
+                Err(e) => tracing::warn!("keeping leftover {dataset}: {e}"),
+            }
+        }
+        ProcessOwner::forget_dead(&self.owners_dir())?;
+        Ok(removed)
+    }
+
+    /// `zfs destroy -r` removes the snapshot `@snap` before the dataset: a destroy cut short
+    /// leaves an item that children cannot be cloned from. (Two `zfs list`s in all.)
+    fn incomplete_items(&self) -> Result<Vec<(StepId, String)>, StoreError> {
+        let result = self.group("result");
+        let snapped: std::collections::HashSet<String> = cli::list_snapshots_recursive(&result)?
+            .into_iter()
+            .filter_map(|s| s.strip_prefix(&format!("{result}/"))?.strip_suffix("@snap").map(str::to_owned))
+            .collect();
+        Ok(self
+            .list_results()?
+            .into_iter()
+            .filter(|id| !snapped.contains(id.as_str()))
+            .map(|id| (id, "its snapshot @snap is gone (a destroy was cut short)".to_owned()))
+            .collect())
     }
 
     fn cache(&self, name: &str, uid: u32, gid: u32) -> Result<Box<dyn CacheLease + '_>, StoreError> {
