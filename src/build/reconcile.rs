@@ -1,10 +1,17 @@
 //! Keeping the database and the store in agreement.
 //!
 //! Run quietly at start-up (after the store removed its own dead temporaries) and by
-//! `strata verify [--repair]`: every row has a committed result, every result has a row,
-//! every parent exists, SQLite itself is sound. A `kill -9` between commit and insert leaves
-//! a result without a row: it is adopted from the `strata.json` the item carries. A result
-//! deleted behind strata's back takes its row, and its descendants, with it.
+//! `strata verify [--repair]`: every row has a committed result, every result has a row and
+//! is whole, every parent exists, no temporary outlived its process, SQLite itself is sound.
+//! A `kill -9` between commit and insert leaves a result without a row: it is adopted from
+//! the `strata.json` the item carries. A result deleted behind strata's back takes its row,
+//! and its descendants, with it; so does an item that lost part of itself (a delete cut
+//! short). `verify` opens the store without its start-up removal of dead temporaries
+//! ([`strata_stores::Leftovers::Keep`]), so those are reported here before anything removes
+//! them; temporaries of live processes are never reported.
+//!
+//! Leftover containers and bundles of dead processes are the sandbox's to find; `verify`
+//! adds them to the same report.
 
 use std::collections::{BTreeSet, HashSet};
 
@@ -24,6 +31,11 @@ pub enum Problem {
     ResultWithoutRow { id: String },
     /// A row whose parent has no row.
     MissingParent { id: String, parent: String },
+    /// A temporary (`result-tmp/<name>` or `cache-tmp/<name>`) whose owner process is dead:
+    /// an interrupted build, cache lease or delete.
+    StaleTemporary { name: String },
+    /// A committed item that lost a part every item has (a delete cut short, or damage).
+    IncompleteItem { id: String, reason: String },
 }
 
 impl std::fmt::Display for Problem {
@@ -33,6 +45,8 @@ impl std::fmt::Display for Problem {
             Problem::RowWithoutResult { id } => write!(f, "{id}: recorded in the database but missing from the store"),
             Problem::ResultWithoutRow { id } => write!(f, "{id}: in the store but not in the database"),
             Problem::MissingParent { id, parent } => write!(f, "{id}: parent {parent} is not recorded"),
+            Problem::StaleTemporary { name } => write!(f, "{name}: a temporary left by a process that is gone"),
+            Problem::IncompleteItem { id, reason } => write!(f, "{id}: incomplete item: {reason}"),
         }
     }
 }
@@ -53,12 +67,50 @@ impl Builder {
         for message in messages {
             report.problems.push(Problem::Database { message });
         }
+        let stale = store.stale_temporaries()?;
+        if !stale.is_empty() {
+            report
+                .problems
+                .extend(stale.into_iter().map(|name| Problem::StaleTemporary { name }));
+            if repair {
+                for name in store.remove_stale_temporaries()? {
+                    report.repairs.push(format!("removed {name} (its process is gone)"));
+                }
+            }
+        }
         let results: BTreeSet<StepId> = store.list_results()?.into_iter().collect();
         let rows = self.db().list()?;
         let row_ids: HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        let mut doomed: Vec<String> = Vec::new();
+
+        let incomplete: BTreeSet<StepId> = store
+            .incomplete_items()?
+            .into_iter()
+            .map(|(id, reason)| {
+                report.problems.push(Problem::IncompleteItem {
+                    id: id.to_string(),
+                    reason,
+                });
+                id
+            })
+            .collect();
+        for id in &incomplete {
+            if row_ids.contains(id.as_str()) {
+                // Removed with its descendants below.
+                doomed.push(id.to_string());
+            } else if repair {
+                if let Some(lease) = self.leases().try_exclusive(id)? {
+                    store.delete(id)?;
+                    lease.removed();
+                    report
+                        .repairs
+                        .push(format!("removed {id} (incomplete, never recorded)"));
+                }
+            }
+        }
 
         for id in &results {
-            if row_ids.contains(id.as_str()) {
+            if row_ids.contains(id.as_str()) || incomplete.contains(id) {
                 continue;
             }
             report.problems.push(Problem::ResultWithoutRow { id: id.to_string() });
@@ -90,7 +142,6 @@ impl Builder {
             }
         }
 
-        let mut doomed: Vec<String> = Vec::new();
         for row in &rows {
             let Ok(id) = row.id.parse::<StepId>() else {
                 report.problems.push(Problem::RowWithoutResult { id: row.id.clone() });
@@ -112,6 +163,8 @@ impl Builder {
             }
         }
         if repair {
+            let mut seen = HashSet::new();
+            doomed.retain(|id| seen.insert(id.clone()));
             for id in doomed {
                 // Descendants of a lost item cannot be trusted on every store (an overlay
                 // layer needs its parents): remove them, children first.
@@ -156,9 +209,9 @@ impl Builder {
             return Ok(false);
         };
         on_delete(id);
-        if self.store().result(&step)?.is_some() {
-            self.store().delete(&step)?;
-        }
+        // Without asking `result` first: that would mount the view of an item that may be
+        // incomplete; deleting an absent item is a no-op on every store.
+        self.store().delete(&step)?;
         self.db().delete(id)?;
         lease.removed();
         removed.push(id.to_owned());

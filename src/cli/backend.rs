@@ -13,7 +13,7 @@ use crate::fetch::{FetchOptions, ImageFetcher};
 use crate::key::IdScheme;
 use strata_sandbox::runtime::{OciSandbox, OciSandboxOptions};
 use strata_stores::owner::ProcessOwner;
-use strata_stores::{RsyncMode, Store, StoreSpec};
+use strata_stores::{Leftovers, RsyncMode, Store, StoreSpec};
 
 /// Flags shared by the commands that build (`build`, `healthcheck`).
 #[derive(Debug, Clone, Args)]
@@ -83,8 +83,18 @@ pub fn store_spec(global: &GlobalArgs, store: &StoreArgs) -> Result<StoreSpec, C
 }
 
 pub fn open_store(global: &GlobalArgs, store: &StoreArgs) -> Result<Arc<dyn Store>, CliError> {
+    open_store_with(global, store, Leftovers::Remove)
+}
+
+/// Opens the store; with [`Leftovers::Keep`] the temporaries of dead processes stay, for
+/// `verify` to report before anything removes them.
+pub fn open_store_with(
+    global: &GlobalArgs,
+    store: &StoreArgs,
+    leftovers: Leftovers,
+) -> Result<Arc<dyn Store>, CliError> {
     let spec = store_spec(global, store)?;
-    let opened = strata_stores::open(&spec)
+    let opened = strata_stores::open_with(&spec, leftovers)
         .with_context(|| format!("opening store {spec}"))
         .map_err(CliError::environment)?;
     Ok(Arc::from(opened))

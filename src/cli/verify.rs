@@ -17,9 +17,19 @@ pub struct VerifyArgs {
     pub store: StoreArgs,
 }
 
+/// What `--json` prints: the report, and with `--repair` what is still wrong afterwards.
+#[derive(serde::Serialize)]
+struct JsonReport<'a> {
+    #[serde(flatten)]
+    report: &'a crate::build::reconcile::Report,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remaining: Option<&'a [crate::build::reconcile::Problem]>,
+}
+
 pub fn run(global: &GlobalArgs, args: VerifyArgs) -> CliResult {
-    let store = backend::open_store(global, &args.store)?;
-    // Open without the start-up repair, so verify sees the store as it is.
+    // Open without the start-up repair (the store keeps the temporaries of dead processes,
+    // the builder does not reconcile), so verify sees the store as it is.
+    let store = backend::open_store_with(global, &args.store, strata_stores::Leftovers::Keep)?;
     let builder = crate::build::Builder::new(
         store,
         std::sync::Arc::new(crate::build::unavailable::NoSandbox),
@@ -31,8 +41,22 @@ pub fn run(global: &GlobalArgs, args: VerifyArgs) -> CliResult {
         .reconcile(args.repair)
         .map_err(|e| CliError::environment(anyhow::Error::new(e)))?;
     let clean = report.problems.is_empty();
+    // Repaired: consistent now?
+    let after = if args.repair && !clean {
+        Some(
+            builder
+                .reconcile(false)
+                .map_err(|e| CliError::environment(anyhow::Error::new(e)))?,
+        )
+    } else {
+        None
+    };
     if args.json {
-        println!("{}", serde_json::to_string(&report).unwrap_or_default());
+        let json = JsonReport {
+            report: &report,
+            remaining: after.as_ref().map(|a| a.problems.as_slice()),
+        };
+        println!("{}", serde_json::to_string(&json).unwrap_or_default());
     } else {
         for p in &report.problems {
             println!("problem: {p}");
@@ -44,18 +68,16 @@ pub fn run(global: &GlobalArgs, args: VerifyArgs) -> CliResult {
             println!("store is consistent");
         }
     }
-    if clean {
-        return Ok(0);
-    }
-    if args.repair {
-        // Repaired: consistent now?
-        let after = builder
-            .reconcile(false)
-            .map_err(|e| CliError::environment(anyhow::Error::new(e)))?;
-        for p in &after.problems {
-            println!("still: {p}");
+    match after {
+        _ if clean => Ok(0),
+        Some(after) => {
+            if !args.json {
+                for p in &after.problems {
+                    println!("still: {p}");
+                }
+            }
+            Ok(if after.problems.is_empty() { 0 } else { 1 })
         }
-        return Ok(if after.problems.is_empty() { 0 } else { 1 });
+        None => Ok(1),
     }
-    Ok(1)
 }
