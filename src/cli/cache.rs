@@ -57,10 +57,27 @@ pub fn run(global: &GlobalArgs, args: CacheArgs) -> CliResult {
             }
         }
         CacheCommand::Rm { name } => {
-            builder.store().delete_cache(&name).map_err(|e| match e {
-                strata_stores::StoreError::Busy(_) => CliError::environment(e),
-                other => CliError::environment(other),
-            })?;
+            // A name that neither the store nor the database knows is a mistake (a typo, a
+            // cache already removed): say so rather than "Removed".
+            let on_disk = builder
+                .store()
+                .list_caches()
+                .map_err(CliError::environment)?
+                .contains(&name);
+            let recorded = builder
+                .db()
+                .caches()
+                .map_err(CliError::environment)?
+                .iter()
+                .any(|(n, _, _)| *n == name);
+            if !on_disk && !recorded {
+                return Err(CliError::usage(anyhow::anyhow!(
+                    "no cache named {name:?} (`strata cache ls` lists them)"
+                )));
+            }
+            if on_disk {
+                builder.store().delete_cache(&name).map_err(CliError::environment)?;
+            }
             builder.db().delete_cache(&name).map_err(CliError::environment)?;
             println!("Removed cache {name}");
         }

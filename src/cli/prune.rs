@@ -26,7 +26,7 @@ pub struct PruneArgs {
     /// Stop once the items use at most this much
     #[arg(long = "max-used", value_parser = units::parse_size, value_name = "SIZE")]
     pub max_used: Option<u64>,
-    /// Also delete caches that are not in use
+    /// Also delete caches that are not in use (alone: only caches, no items)
     #[arg(long)]
     pub caches: bool,
     /// Print what would be deleted; delete nothing
@@ -101,9 +101,11 @@ pub fn run(global: &GlobalArgs, args: PruneArgs) -> CliResult {
         (None, None) if args.keep_free.is_some() || args.max_used.is_some() || args.limit.is_some() => {
             crate::db::now_ms()
         }
+        // `prune --caches` alone: the caches, and no item (none was last used before 1970).
+        (None, None) if args.caches => 0,
         (None, None) => {
             return Err(CliError::usage(anyhow::anyhow!(
-                "say what to prune: --older-than, --before, --keep-free, --max-used or --limit"
+                "say what to prune: --older-than, --before, --keep-free, --max-used, --limit or --caches"
             )))
         }
     };
