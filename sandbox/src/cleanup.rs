@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{umount2, MntFlags};
 
+use crate::host::hybrid_with_v2_controllers;
 use crate::names;
-use crate::runtime_cli::RuntimeCli;
+use crate::runtime_cli::{flavour_of, resolve_program, Flavour, RuntimeCli};
 use crate::secrets::{Placeholders, SecretDir};
 use crate::SandboxError;
 
@@ -119,7 +120,7 @@ fn mounts_under(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(field: &str) -> String {
+pub(crate) fn unescape_mountinfo(field: &str) -> String {
     let bytes = field.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -141,40 +142,159 @@ fn unescape_mountinfo(field: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Removes the containers under the runtime's root and the bundles under `bundle_parent` that
-/// strata made (`strata-<owner>-<n>`) for owners that `is_alive` says are gone. Returns the
-/// names removed (a container and its bundle share one name, listed once).
-pub fn sweep_orphans(
-    cli: &RuntimeCli,
-    bundle_parent: &Path,
-    is_alive: &dyn Fn(&str) -> bool,
-) -> Result<Vec<String>, SandboxError> {
-    let mut removed = Vec::new();
-    for name in entries(&cli.root)? {
-        let Some(owner) = names::owner_of(&name) else { continue };
-        if is_alive(owner) {
-            continue;
+/// What a strata process that died (a crash, `kill -9`) left of its steps in a store.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Orphan {
+    /// A container the runtime still has state for (`runtime`: its state directory's name).
+    Container { runtime: String, name: String },
+    /// A container's cgroup, with the processes still in it (a step that outlived strata).
+    Cgroup {
+        name: String,
+        path: PathBuf,
+        processes: usize,
+    },
+    /// A step's bundle directory.
+    Bundle { name: String },
+}
+
+impl Orphan {
+    /// The container name (also its bundle's name and its cgroup's).
+    pub fn name(&self) -> &str {
+        match self {
+            Orphan::Container { name, .. } | Orphan::Cgroup { name, .. } | Orphan::Bundle { name } => name,
         }
-        // A crashed strata's step may still be running: kill it first so delete cannot refuse.
-        let _ = cli.kill(&name);
-        if let Err(e) = cli.delete_force(&name) {
-            if cli.has_state(&name) {
-                return Err(e);
+    }
+}
+
+impl std::fmt::Display for Orphan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Orphan::Container { runtime, name } => write!(f, "container {name} left in {runtime}'s state"),
+            Orphan::Cgroup { path, processes, .. } => {
+                write!(f, "cgroup {} left with {processes} process(es)", path.display())
+            }
+            Orphan::Bundle { name } => write!(f, "bundle {name} left"),
+        }
+    }
+}
+
+/// Where a store keeps its sandbox's things: `state` (`<store>/state/sandbox`: one runtime
+/// root per runtime, and the store id) and `bundles` (`<store>/state/bundles`).
+#[derive(Debug, Clone)]
+pub struct SandboxDirs {
+    pub state: PathBuf,
+    pub bundles: PathBuf,
+}
+
+impl SandboxDirs {
+    /// The runtimes that keep state here, each with its `--root`.
+    fn runtimes(&self) -> Result<Vec<RuntimeCli>, SandboxError> {
+        let mut found = Vec::new();
+        for name in entries(&self.state)? {
+            let root = self.state.join(&name);
+            if !root.is_dir() {
+                continue;
+            }
+            let program = resolve_program(&name);
+            let flavour = program.as_deref().map(flavour_of).unwrap_or(Flavour::Runc);
+            found.push(RuntimeCli {
+                requested: name,
+                program,
+                flavour,
+                root,
+                hide_unified_cgroup: flavour == Flavour::Crun && hybrid_with_v2_controllers(),
+            });
+        }
+        Ok(found)
+    }
+
+    /// The store's id, if a step ever ran in it (see [`crate::runtime::store_id`]).
+    fn store_id(&self) -> Option<String> {
+        let text = fs::read_to_string(self.state.join(crate::runtime::STORE_ID_FILE)).ok()?;
+        let id = text.trim();
+        (!id.is_empty() && !id.contains('/')).then(|| id.to_owned())
+    }
+
+    /// Everything that strata processes that `is_alive` says are gone left in this store:
+    /// containers in any runtime's state, container cgroups (found by path, so also those
+    /// whose runtime state is lost) and bundles. Removes nothing.
+    pub fn find_orphans(&self, is_alive: &dyn Fn(&str) -> bool) -> Result<Vec<Orphan>, SandboxError> {
+        let dead = |name: &str| names::owner_of(name).is_some_and(|owner| !is_alive(owner));
+        let mut found = Vec::new();
+        for cli in self.runtimes()? {
+            for name in entries(&cli.root)? {
+                if dead(&name) {
+                    found.push(Orphan::Container {
+                        runtime: cli.requested.clone(),
+                        name,
+                    });
+                }
             }
         }
-        removed.push(name);
-    }
-    for name in entries(bundle_parent)? {
-        let Some(owner) = names::owner_of(&name) else { continue };
-        if is_alive(owner) {
-            continue;
+        if let Some(store_id) = self.store_id() {
+            for (name, path) in crate::cgroups::containers(&store_id) {
+                if dead(&name) {
+                    let processes = crate::cgroups::processes(&path).len();
+                    found.push(Orphan::Cgroup { name, path, processes });
+                }
+            }
         }
-        remove_bundle(&bundle_parent.join(&name))?;
-        if !removed.contains(&name) {
-            removed.push(name);
+        for name in entries(&self.bundles)? {
+            if dead(&name) {
+                found.push(Orphan::Bundle { name });
+            }
         }
+        Ok(found)
     }
-    Ok(removed)
+
+    /// Removes what [`SandboxDirs::find_orphans`] finds: containers first (killed, then
+    /// deleted by the runtime), then the processes and cgroups left without runtime state,
+    /// then the bundles. Returns what was removed.
+    pub fn remove_orphans(&self, is_alive: &dyn Fn(&str) -> bool) -> Result<Vec<Orphan>, SandboxError> {
+        let orphans = self.find_orphans(is_alive)?;
+        let runtimes = self.runtimes()?;
+        for orphan in &orphans {
+            match orphan {
+                Orphan::Container { runtime, name } => {
+                    let Some(cli) = runtimes.iter().find(|c| &c.requested == runtime) else {
+                        continue;
+                    };
+                    if cli.program.is_none() {
+                        // The runtime is gone from the host: its processes die with their
+                        // cgroup below; its state is only files.
+                        remove_dir(&cli.root.join(name))?;
+                        continue;
+                    }
+                    // A crashed strata's step may still be running: kill it so delete cannot refuse.
+                    let _ = cli.kill(name);
+                    if let Err(e) = cli.delete_force(name) {
+                        if cli.has_state(name) {
+                            return Err(e);
+                        }
+                    }
+                }
+                Orphan::Cgroup { path, .. } => {
+                    crate::cgroups::remove(path).map_err(|e| SandboxError::Io {
+                        context: format!("removing cgroup {}", path.display()),
+                        source: e,
+                    })?;
+                }
+                Orphan::Bundle { name } => remove_bundle(&self.bundles.join(name))?,
+            }
+        }
+        Ok(orphans)
+    }
+}
+
+fn remove_dir(dir: &Path) -> Result<(), SandboxError> {
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(SandboxError::Io {
+            context: format!("removing {}", dir.display()),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Names in `dir` (none when it does not exist).

@@ -8,6 +8,7 @@
 //! written into the rootfs.
 
 pub mod cancel;
+pub mod cgroups;
 pub mod cleanup;
 pub mod config;
 pub mod error;

@@ -78,6 +78,9 @@ pub struct BundleFiles<'a> {
     pub resolv_conf: &'a Path,
     /// One file per `config.secrets` entry, in the same order, on the private tmpfs.
     pub secrets: &'a [PathBuf],
+    /// The container's cgroup, relative to the runtime's own (`strata/<store id>/<container>`),
+    /// so the store can find its containers' cgroups; `None` leaves the runtime's default.
+    pub cgroups_path: Option<&'a str>,
 }
 
 /// The `config.json` for `config` in a bundle laid out as `files` says, on a host like `facts`.
@@ -104,7 +107,9 @@ pub fn build_spec(config: &RunConfig, files: &BundleFiles<'_>, facts: &HostFacts
     ));
     spec.set_process(Some(process(config, facts)?));
     spec.set_mounts(Some(mounts(config, files)?));
-    spec.set_linux(Some(linux(config, facts)?));
+    let mut linux = linux(config, facts)?;
+    linux.set_cgroups_path(files.cgroups_path.map(PathBuf::from));
+    spec.set_linux(Some(linux));
     Ok(spec)
 }
 
@@ -427,6 +432,7 @@ mod tests {
             hosts: Path::new("/b/hosts"),
             resolv_conf: Path::new("/etc/resolv.conf"),
             secrets: &secrets,
+            cgroups_path: None,
         };
         let spec = build_spec(config, &files, facts).unwrap();
         serde_json::from_str(&to_json(&spec).unwrap()).unwrap()
@@ -656,6 +662,7 @@ mod tests {
             hosts: Path::new("/h"),
             resolv_conf: Path::new("/etc/resolv.conf"),
             secrets: &[],
+            cgroups_path: None,
         };
         let f = facts(CgroupMode::V1);
         let mut c = sample();

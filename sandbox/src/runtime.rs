@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::cleanup::{sweep_orphans, StepGuard};
+use crate::cleanup::{SandboxDirs, StepGuard};
 use crate::config::Network;
 use crate::host::{hybrid_with_v2_controllers, HostFacts};
 use crate::oci_config::{build_spec, to_json, BundleFiles};
@@ -109,11 +109,63 @@ fn check_version(name: &str, flavour: Flavour, program: &Path, line: &str) -> Re
     Ok(version)
 }
 
+/// The first component of every step's cgroup path (relative to strata's own cgroup).
+pub const CGROUP_PARENT: &str = "strata";
+/// The file in the sandbox's state directory that holds the store's id.
+pub const STORE_ID_FILE: &str = "store-id";
+
+/// The store's id: 16 random hex digits made on first use and kept in
+/// `<state dir>/store-id`, so that the cgroups of one store's containers can be told from
+/// another's on the same host. Several processes opening a new store agree on one id: each
+/// writes a candidate under a private name and links it into place; the first link wins.
+pub fn store_id(state_dir: &Path) -> Result<String, SandboxError> {
+    let path = state_dir.join(STORE_ID_FILE);
+    let read = |path: &Path| -> Result<Option<String>, SandboxError> {
+        match fs::read_to_string(path) {
+            Ok(text) => {
+                let id = text.trim();
+                if id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    Ok(Some(id.to_owned()))
+                } else {
+                    Err(io_error(
+                        format!("{}: not a store id: {id:?}", path.display()),
+                        std::io::ErrorKind::InvalidData.into(),
+                    ))
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_error(format!("reading {}", path.display()), e)),
+        }
+    };
+    if let Some(id) = read(&path)? {
+        return Ok(id);
+    }
+    let mut random = [0u8; 8];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random))
+        .map_err(|e| io_error("reading /dev/urandom".to_owned(), e))?;
+    let candidate: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let private = state_dir.join(format!(".{STORE_ID_FILE}.{}.{candidate}", std::process::id()));
+    fs::write(&private, format!("{candidate}\n")).map_err(|e| io_error(format!("writing {}", private.display()), e))?;
+    let linked = fs::hard_link(&private, &path);
+    let _ = fs::remove_file(&private);
+    match linked {
+        Ok(()) => Ok(candidate),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            read(&path)?.ok_or_else(|| io_error(format!("reading {}", path.display()), e))
+        }
+        Err(e) => Err(io_error(format!("creating {}", path.display()), e)),
+    }
+}
+
 /// Runs steps under an OCI runtime. See the module documentation.
 #[derive(Debug)]
 pub struct OciSandbox {
     cli: RuntimeCli,
     owner_tag: String,
+    /// This store's id (see [`store_id`]): its containers' cgroups are
+    /// `strata/<store id>/<container>`, below the cgroup strata runs in.
+    store_id: String,
     bundle_parent: PathBuf,
     facts: HostFacts,
 }
@@ -147,9 +199,11 @@ impl OciSandbox {
             root,
             hide_unified_cgroup: flavour == Flavour::Crun && hybrid_with_v2_controllers(),
         };
+        let store_id = store_id(&options.state_dir)?;
         Ok(OciSandbox {
             cli,
             owner_tag: crate::names::sanitise_tag(&options.owner_tag),
+            store_id,
             bundle_parent: options.bundle_parent,
             facts: HostFacts::detect(),
         })
@@ -175,7 +229,28 @@ impl OciSandbox {
     /// Force-deletes the containers and bundles left by strata processes whose owner tag
     /// `is_alive` reports dead (a crash, `kill -9`). Returns the names removed.
     pub fn cleanup_orphans(&self, is_alive: &dyn Fn(&str) -> bool) -> Result<Vec<String>, SandboxError> {
-        sweep_orphans(&self.cli, &self.bundle_parent, is_alive)
+        let mut names: Vec<String> = self
+            .dirs()
+            .remove_orphans(is_alive)?
+            .iter()
+            .map(|o| o.name().to_owned())
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    /// Where this sandbox keeps runtime state and bundles.
+    pub fn dirs(&self) -> SandboxDirs {
+        SandboxDirs {
+            state: self
+                .cli
+                .root
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| self.cli.root.clone()),
+            bundles: self.bundle_parent.clone(),
+        }
     }
 
     /// Writes the bundle for one step and returns the guard that owns it.
@@ -204,12 +279,14 @@ impl OciSandbox {
         };
 
         let secrets = SecretDir::create(&bundle, &config.secrets, config.uid, config.gid)?;
+        let cgroups_path = format!("{CGROUP_PARENT}/{}/{}", self.store_id, guard.id);
         let spec = {
             let files = BundleFiles {
                 rootfs: &rootfs,
                 hosts: &hosts,
                 resolv_conf: &resolv_conf,
                 secrets: secrets.files(),
+                cgroups_path: Some(&cgroups_path),
             };
             build_spec(config, &files, &self.facts)?
         };
@@ -243,7 +320,7 @@ impl Sandbox for OciSandbox {
         let pid_file = guard.bundle.join("init.pid");
         let (read_end, write_end) = output_pipe()?;
         let (program, args) = self.cli.run_args(&guard.id, &guard.bundle, &runtime_log, &pid_file)?;
-        let shim_command = ShimCommand::new(&program, &args, &pid_file, self.cli.hide_unified_cgroup)
+        let shim_command = ShimCommand::new(&program, &args, &pid_file, &guard.bundle, self.cli.hide_unified_cgroup)
             .map_err(|e| io_error(format!("preparing {}", self.cli.name()), e))?;
         // The shim takes the write end: from here on only the runtime and the container hold
         // it, so the pipe reaches end-of-file once the container's processes are gone.

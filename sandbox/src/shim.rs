@@ -45,6 +45,7 @@ pub enum Stage {
     WaitRuntime = 2,
     ReadPidFile = 3,
     WaitInit = 4,
+    EnterBundle = 5,
 }
 
 impl Stage {
@@ -54,6 +55,7 @@ impl Stage {
             2 => "waiting for the runtime",
             3 => "reading the runtime's pid file",
             4 => "waiting for the step's process",
+            5 => "entering the bundle directory",
             _ => "unknown stage",
         }
     }
@@ -70,6 +72,9 @@ pub struct ShimCommand {
     argv: Vec<CString>,
     envp: Vec<CString>,
     pid_file: CString,
+    /// The shim's working directory: the step's bundle, so that a shim outliving strata can
+    /// be traced to its store (`/proc/PID/cwd`).
+    cwd: CString,
     /// Detach `/sys/fs/cgroup/unified` in a private mount namespace first (crun on hybrid hosts).
     hide_unified_cgroup: bool,
 }
@@ -83,6 +88,7 @@ impl ShimCommand {
         program: &Path,
         args: &[OsString],
         pid_file: &Path,
+        cwd: &Path,
         hide_unified_cgroup: bool,
     ) -> std::io::Result<ShimCommand> {
         let program = cstring(program.as_os_str().as_bytes(), "runtime path")?;
@@ -105,6 +111,7 @@ impl ShimCommand {
             argv,
             envp,
             pid_file: cstring(pid_file.as_os_str().as_bytes(), "pid file path")?,
+            cwd: cstring(cwd.as_os_str().as_bytes(), "bundle path")?,
             hide_unified_cgroup,
         })
     }
@@ -141,6 +148,7 @@ pub fn spawn(cmd: &ShimCommand, output: OwnedFd) -> std::io::Result<Shim> {
         argv: argv.as_ptr(),
         envp: envp.as_ptr(),
         pid_file: cmd.pid_file.as_ptr(),
+        cwd: cmd.cwd.as_ptr(),
         stdin: devnull.as_raw_fd(),
         output: output.as_raw_fd(),
         events: events_write.as_raw_fd(),
@@ -215,6 +223,7 @@ struct ChildArgs {
     argv: *const *const libc::c_char,
     envp: *const *const libc::c_char,
     pid_file: *const libc::c_char,
+    cwd: *const libc::c_char,
     stdin: RawFd,
     output: RawFd,
     events: RawFd,
@@ -246,13 +255,23 @@ unsafe fn shim_main(args: &ChildArgs) -> ! {
     // until this step ends, so keep only what the shim needs.
     close_all_but(&mut [args.stdin, args.output, args.events]);
     // Out of the terminal's foreground process group: a Ctrl-C reaches strata, which then
-    // stops the container; the shim must live until the container is gone.
+    // stops the container; the shim must live until the container is gone. A Ctrl-C that
+    // reached the group before `setpgid` is pending here (strata blocks these signals in every
+    // thread): setting a signal to "ignore" discards it, then the default comes back.
     libc::setpgid(0, 0);
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+        libc::signal(signal, libc::SIG_IGN);
+        libc::signal(signal, libc::SIG_DFL);
+    }
     // Whatever strata blocked, the runtime starts with no signal blocked.
     let mut empty: libc::sigset_t = std::mem::zeroed();
     libc::sigemptyset(&mut empty);
     libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
     libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0);
+    if libc::chdir(args.cwd) != 0 {
+        report(args.events, KIND_FAILED, Stage::EnterBundle as i32, errno());
+        libc::_exit(1);
+    }
 
     let runtime = libc::fork();
     if runtime < 0 {
@@ -288,11 +307,51 @@ unsafe fn shim_main(args: &ChildArgs) -> ! {
         }
     };
     report(args.events, KIND_STARTED, init, 0);
-    // Reap everything adopted (the runtime's intermediate processes) until the init ends.
+    // From here on the shim alone holds the step: should strata die (kill -9, a crash), the
+    // read end of the events pipe closes and the step is killed (SIGKILL to the init of its
+    // pid namespace ends every process in it); the next strata command deletes the stopped
+    // container. A write to the closed pipe must not kill the shim before it has reaped.
+    libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    wait_for_init(args.events, init);
+    reap_all_and_exit();
+}
+
+/// Reaps everything adopted (the runtime's intermediate processes) until `init` ends, and
+/// reports its status; kills `init` once nobody reads `events` any more (strata is gone).
+unsafe fn wait_for_init(events: RawFd, init: i32) {
+    let pidfd = libc::syscall(libc::SYS_pidfd_open, init, 0) as libc::c_int;
+    let mut orphaned = false;
+    let mut status = 0;
     loop {
+        if pidfd >= 0 && !orphaned {
+            // Readable pidfd: init exited. POLLERR on the write end of a pipe: no reader left.
+            let mut fds = [
+                libc::pollfd {
+                    fd: pidfd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: events,
+                    events: 0,
+                    revents: 0,
+                },
+            ];
+            if libc::poll(fds.as_mut_ptr(), 2, -1) < 0 {
+                if errno() == libc::EINTR {
+                    continue;
+                }
+                orphaned = true; // cannot watch any more: fall back to a plain wait
+            } else if fds[1].revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+                libc::kill(init, libc::SIGKILL);
+                orphaned = true;
+            } else if fds[0].revents == 0 {
+                continue;
+            }
+        }
         let r = libc::waitpid(-1, &mut status, 0);
         if r == init {
-            report(args.events, KIND_ENDED, status, 0);
+            report(events, KIND_ENDED, status, 0);
             break;
         }
         if r < 0 {
@@ -300,11 +359,13 @@ unsafe fn shim_main(args: &ChildArgs) -> ! {
             if e == libc::EINTR {
                 continue;
             }
-            report(args.events, KIND_FAILED, Stage::WaitInit as i32, e);
+            report(events, KIND_FAILED, Stage::WaitInit as i32, e);
             break;
         }
     }
-    reap_all_and_exit();
+    if pidfd >= 0 {
+        libc::close(pidfd);
+    }
 }
 
 /// The runtime process (a grandchild): stdio, optional mount namespace, exec. Never returns.
@@ -436,7 +497,14 @@ mod tests {
             "(sleep 0.2; echo from-child; exit 5) & echo $! > {}; echo from-runtime",
             pid_file.display()
         );
-        let cmd = ShimCommand::new(Path::new("/bin/sh"), &["-c".into(), script.into()], &pid_file, false).unwrap();
+        let cmd = ShimCommand::new(
+            Path::new("/bin/sh"),
+            &["-c".into(), script.into()],
+            &pid_file,
+            dir.path(),
+            false,
+        )
+        .unwrap();
         let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
         let mut shim = spawn(&cmd, write_end).unwrap();
         let started = shim.next_event().unwrap();
@@ -457,7 +525,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pid_file = dir.path().join("pid");
         let script = format!("sleep 1 & echo $! > {}", pid_file.display());
-        let cmd = ShimCommand::new(Path::new("/bin/sh"), &["-c".into(), script.into()], &pid_file, false).unwrap();
+        let cmd = ShimCommand::new(
+            Path::new("/bin/sh"),
+            &["-c".into(), script.into()],
+            &pid_file,
+            dir.path(),
+            false,
+        )
+        .unwrap();
         let (_read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
         let mut shim = spawn(&cmd, write_end).unwrap();
         assert!(matches!(shim.next_event().unwrap(), Some(ShimEvent::Started(_))));
@@ -473,6 +548,43 @@ mod tests {
         shim.reap();
     }
 
+    /// Issue 13: after a `kill -9` of strata the shim and the step ran on, reparented to init.
+    /// Now the shim kills the step once nobody reads its reports. Failed on the old code: the
+    /// "step" (a detached `sleep 30`) was still alive after 5 s.
+    #[test]
+    fn step_dies_when_strata_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let script = format!("sleep 30 & echo $! > {}", pid_file.display());
+        let cmd = ShimCommand::new(
+            Path::new("/bin/sh"),
+            &["-c".into(), script.into()],
+            &pid_file,
+            dir.path(),
+            false,
+        )
+        .unwrap();
+        let (_read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let mut shim = spawn(&cmd, write_end).unwrap();
+        let Some(ShimEvent::Started(step)) = shim.next_event().unwrap() else {
+            panic!("the step did not start")
+        };
+        // What strata's death does to the shim: the read end of its report pipe closes.
+        let Shim { pid, events } = shim;
+        drop(events);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let step_alive = || std::fs::read_to_string(format!("/proc/{step}/stat")).is_ok_and(|s| !s.contains(") Z "));
+        while step_alive() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(!step_alive(), "the step outlived strata");
+        Shim {
+            pid,
+            events: File::open("/dev/null").unwrap(),
+        }
+        .reap();
+    }
+
     #[test]
     fn shim_reports_a_failing_runtime() {
         let dir = tempfile::tempdir().unwrap();
@@ -480,6 +592,7 @@ mod tests {
             Path::new("/bin/sh"),
             &["-c".into(), "exit 3".into()],
             &dir.path().join("pid"),
+            dir.path(),
             false,
         )
         .unwrap();

@@ -74,6 +74,7 @@ fn time_raw_run(fixture: &BusyboxRootfs, runtime: &str, config: &RunConfig, i: u
         hosts: &bundle.join("hosts"),
         resolv_conf: std::path::Path::new("/etc/resolv.conf"),
         secrets: &[],
+        cgroups_path: None,
     };
     let spec = build_spec(config, &files, &HostFacts::detect()).unwrap();
     std::fs::write(bundle.join("config.json"), to_json(&spec).unwrap()).unwrap();

@@ -540,6 +540,7 @@ fn orphans_removed(rt: &'static str) {
         hosts: &bundle.join("hosts"),
         resolv_conf: Path::new("/etc/resolv.conf"),
         secrets: &secrets,
+        cgroups_path: None,
     };
     let spec =
         strata_sandbox::oci_config::build_spec(&config, &files, &strata_sandbox::host::HostFacts::detect()).unwrap();

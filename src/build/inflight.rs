@@ -103,6 +103,34 @@ impl Flight {
     }
 }
 
+/// One client's place in a flight; leaving twice is impossible, leaving never forgotten.
+struct Membership<'a> {
+    flight: &'a Flight,
+    left: bool,
+}
+
+impl Membership<'_> {
+    /// Leaves the flight; if nobody is left, the step was cancelled: waits until it ended.
+    /// Returns the number of clients left.
+    fn leave(&mut self) -> usize {
+        if self.left {
+            return 0;
+        }
+        self.left = true;
+        let left = self.flight.leave();
+        if left == 0 {
+            self.flight.wait_result(None);
+        }
+        left
+    }
+}
+
+impl Drop for Membership<'_> {
+    fn drop(&mut self) {
+        self.leave();
+    }
+}
+
 /// What a client sees while attached to a step.
 pub trait Watcher {
     fn note(&self, text: &str);
@@ -187,26 +215,31 @@ impl InFlight {
         }
     }
 
+    /// Follows the step for one client until it ends or the client cancels. A client that
+    /// leaves last (and so cancels the step) returns only once the step has stopped: an
+    /// interrupted build must not exit while its step still runs. The same holds when the
+    /// watcher panics (a broken output stream): the membership is given up while unwinding.
     fn attach(flight: &Flight, cancel: &Cancel, watcher: &dyn Watcher) -> Shared {
-        let cancelled = |flight: &Flight| {
-            let left = flight.leave();
+        let mut member = Membership { flight, left: false };
+        let cancelled = |member: &mut Membership<'_>| {
+            let left = member.leave();
             watcher.note(&format!("User cancelled job (users now = {left})"));
             Err(BuildError::Cancelled)
         };
         let Some((log, _)) = flight.wait_log_or_result(cancel) else {
-            return cancelled(flight);
+            return cancelled(&mut member);
         };
         if let Some(log) = log {
             if !log.tail(cancel, &mut |bytes| watcher.output(bytes)) {
-                return cancelled(flight);
+                return cancelled(&mut member);
             }
         }
         match flight.wait_result(Some(cancel)) {
             Some(result) => {
-                flight.leave();
+                member.leave();
                 result
             }
-            None => cancelled(flight),
+            None => cancelled(&mut member),
         }
     }
 
@@ -416,6 +449,66 @@ mod tests {
         assert_eq!(fired.load(Ordering::SeqCst), 1);
     }
 
+    /// Issue 13 (interrupted builds leave running containers): a cancelled client returned at
+    /// once while the step's worker was still stopping the container, so strata exited with
+    /// the step running. Failed on the old code: `stopped` was still 0 when `get` returned.
+    #[test]
+    fn interrupted_client_returns_only_after_its_step_stopped() {
+        let inflight = Arc::new(InFlight::default());
+        let stopped = Arc::new(AtomicUsize::new(0));
+        let client = Cancel::new();
+        let t = std::thread::spawn({
+            let (inflight, client, stopped) = (inflight.clone(), client.clone(), stopped.clone());
+            move || {
+                let w = Collect::new();
+                let worker_stopped = stopped.clone();
+                let r = inflight.get(&id(), &client, &w, move |flight: &Flight| {
+                    while !flight.cancel.wait_timeout(Duration::from_millis(10)) {}
+                    // Stopping the step takes a while (runtime kill, delete).
+                    std::thread::sleep(Duration::from_millis(300));
+                    worker_stopped.fetch_add(1, Ordering::SeqCst);
+                    Err(BuildError::Cancelled)
+                });
+                (r.is_err(), stopped.load(Ordering::SeqCst))
+            }
+        });
+        std::thread::sleep(Duration::from_millis(30));
+        client.cancel();
+        assert_eq!(t.join().unwrap(), (true, 1), "returned before the step had stopped");
+    }
+
+    /// A watcher that panics (a broken output stream) still leaves the flight, which cancels
+    /// the step and waits for it, instead of leaving it running with no client.
+    #[test]
+    fn panicking_watcher_cancels_and_waits_for_the_step() {
+        struct Panicky;
+        impl Watcher for Panicky {
+            fn note(&self, _: &str) {}
+            fn output(&self, _: &[u8]) {
+                panic!("output stream broken");
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let inflight = Arc::new(InFlight::default());
+        let stopped = Arc::new(AtomicUsize::new(0));
+        let path = dir.path().join("log");
+        let s = stopped.clone();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            inflight.get(&id(), &Cancel::new(), &Panicky, move |flight: &Flight| {
+                let log = Arc::new(StepLog::create(&path).unwrap());
+                flight.set_log(log.clone());
+                log.append(b"output");
+                while !flight.cancel.wait_timeout(Duration::from_millis(10)) {}
+                std::thread::sleep(Duration::from_millis(100));
+                log.finish();
+                s.fetch_add(1, Ordering::SeqCst);
+                Err(BuildError::Cancelled)
+            })
+        }));
+        assert!(r.is_err(), "the panic goes on");
+        assert_eq!(stopped.load(Ordering::SeqCst), 1, "the step was left running");
+    }
+
     /// Cancel 4: after a failure, a new request for the same id starts a fresh build.
     #[test]
     fn new_request_after_failure_rebuilds() {
@@ -472,8 +565,12 @@ mod tests {
             })
         };
         std::thread::sleep(Duration::from_millis(30));
+        // The cancelled client waits for its step to stop (it cannot until `release`), and a
+        // new request meanwhile finds the step cancelling.
         first.cancel();
-        assert!(t1.join().unwrap());
+        while inflight.lock().get(&id()).is_some_and(|f| f.lock().users > 0) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let t2 = {
             let inflight = inflight.clone();
             let d = dir.path().to_owned();
@@ -493,6 +590,7 @@ mod tests {
         };
         std::thread::sleep(Duration::from_millis(50));
         release.cancel();
+        assert!(t1.join().unwrap());
         let (ok, notes) = t2.join().unwrap();
         assert!(ok);
         assert!(

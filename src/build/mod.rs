@@ -124,7 +124,7 @@ impl Builder {
     ) -> Result<StepId, BuildError> {
         step::check_secrets(spec, &options.secrets)?;
         let run = stage::BuildRun::new(self.shared.clone(), options, reporter, cancel);
-        run.build_spec(spec, &[], &stage::Scope::default())
+        run.build(spec)
     }
 
     /// The directory of a committed item, if present.

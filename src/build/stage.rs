@@ -9,7 +9,7 @@ use std::time::Instant;
 use strata_sandbox::Cancel;
 use strata_stores::{Prepared, StepId, Store};
 
-use super::error::BuildError;
+use super::error::{BuildError, ErrorKind};
 use super::inflight::{Flight, Watcher};
 use super::lease::Lease;
 use super::log::StepLog;
@@ -74,7 +74,12 @@ pub(crate) struct BuildRun<'a> {
     pub shared: Arc<Shared>,
     pub options: &'a BuildOptions,
     reporter: &'a dyn Reporter,
-    pub cancel: &'a Cancel,
+    /// This run's own token: a child of the caller's, also cancelled when one stage fails so
+    /// that the others stop (their steps killed) instead of running on for nothing.
+    pub cancel: Cancel,
+    /// The first failure of any stage: what the build reports, rather than the `Cancelled`
+    /// that the other stages then end with.
+    failure: Mutex<Option<BuildError>>,
     /// Shared leases on every id this build used; released when the build ends.
     leases: Mutex<Vec<Lease>>,
 }
@@ -110,7 +115,8 @@ impl<'a> BuildRun<'a> {
             shared,
             options,
             reporter,
-            cancel,
+            cancel: cancel.child(),
+            failure: Mutex::new(None),
             leases: Mutex::new(Vec::new()),
         }
     }
@@ -130,8 +136,34 @@ impl<'a> BuildRun<'a> {
         Ok(())
     }
 
+    /// Records a stage's failure (the first one wins) and stops the rest of the build.
+    fn fail(&self, error: &BuildError) {
+        if error.kind() == ErrorKind::Cancelled {
+            return;
+        }
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(|| error.share());
+        self.cancel.cancel();
+    }
+
+    /// Builds the whole spec. Returns only once every step it started has ended. When one
+    /// stage fails the others are stopped, and the build reports that first failure.
+    pub fn build(&self, spec: &Spec) -> Result<StepId, BuildError> {
+        let result = self.build_spec(spec, &[], &Scope::default());
+        if let Err(e) = &result {
+            self.fail(e);
+        }
+        let first = self.failure.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match (result, first) {
+            (Err(e), Some(first)) if e.kind() == ErrorKind::Cancelled => Err(first),
+            (result, _) => result,
+        }
+    }
+
     /// Builds a spec's stages concurrently and then its own steps; returns its last id.
-    pub fn build_spec(&self, spec: &Spec, stage: &[String], outer: &Scope) -> Result<StepId, BuildError> {
+    fn build_spec(&self, spec: &Spec, stage: &[String], outer: &Scope) -> Result<StepId, BuildError> {
         let mut scope = outer.clone();
         std::thread::scope(|threads| {
             for child in &spec.stages {
@@ -143,13 +175,19 @@ impl<'a> BuildRun<'a> {
                 threads.spawn(move || {
                     self.heading(&child_stage, &format!("(build {:?} …)", child.name));
                     let result = self.build_spec(&child.spec, &child_stage, &child_scope);
-                    if result.is_ok() {
-                        self.note(&child_stage, &format!("--> finished {:?}", child.name));
+                    match &result {
+                        Ok(_) => self.note(&child_stage, &format!("--> finished {:?}", child.name)),
+                        Err(e) => self.fail(e),
                     }
                     slot.set(result.map_err(|e| format!("stage {:?} failed: {e}", child.name)));
                 });
             }
-            super::step::build_ops(self, spec, stage, &scope)
+            let result = super::step::build_ops(self, spec, stage, &scope);
+            if let Err(e) = &result {
+                // Stop the stages still running before waiting for them.
+                self.fail(e);
+            }
+            result
         })
     }
 
@@ -177,7 +215,7 @@ impl<'a> BuildRun<'a> {
             .shared
             .inflight
             .clone()
-            .get(&id, self.cancel, &watcher, move |flight| {
+            .get(&id, &self.cancel, &watcher, move |flight| {
                 execute(&shared, flight, &worker_id, parent.as_ref(), &op, work)
             })?;
         self.shared.db().touch(&id)?;
@@ -281,7 +319,12 @@ fn execute(
         log: log.clone(),
         cancel: &flight.cancel,
     };
-    let outcome = work(&env);
+    let mut outcome = work(&env);
+    if outcome.is_ok() && flight.cancel.is_cancelled() {
+        // Interrupted after the work but before the commit: an interrupted build commits
+        // nothing it did not finish before the interrupt.
+        outcome = Err(BuildError::Cancelled);
+    }
     let mut log_error = log.finish();
     if let Err(e) = log.detach() {
         log_error.get_or_insert(e.to_string());

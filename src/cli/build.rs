@@ -1,5 +1,6 @@
 //! `strata build -f SPEC [CONTEXT]`: build a spec; print the final id on stdout.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -79,22 +80,26 @@ fn sandbox_paths(flags: &[String]) -> Result<Vec<BindMount>, CliError> {
         .collect()
 }
 
-/// Cancels `cancel` on SIGINT or SIGTERM; returns the flag that says it happened.
+/// Cancels `cancel` on SIGINT, SIGTERM or SIGHUP (the terminal closed); returns the flag that
+/// says it happened. The build then stops its steps and exits 130; a second signal changes
+/// nothing (exiting early would leave the steps running).
 pub fn cancel_on_signals(cancel: &Cancel) -> Arc<AtomicBool> {
     use nix::sys::signal::{SigSet, Signal};
     let interrupted = Arc::new(AtomicBool::new(false));
     let mut set = SigSet::empty();
     set.add(Signal::SIGINT);
     set.add(Signal::SIGTERM);
+    set.add(Signal::SIGHUP);
     // Threads started later inherit the mask, so only the waiter below sees these signals.
     if set.thread_block().is_ok() {
         let cancel = cancel.clone();
         let flag = interrupted.clone();
         let _ = std::thread::Builder::new().name("signals".into()).spawn(move || {
-            if set.wait().is_ok() {
-                flag.store(true, Ordering::SeqCst);
-                eprintln!("strata: interrupted, stopping the build");
-                cancel.cancel();
+            while set.wait().is_ok() {
+                if !flag.swap(true, Ordering::SeqCst) {
+                    let _ = writeln!(std::io::stderr(), "strata: interrupted, stopping the build");
+                    cancel.cancel();
+                }
             }
         });
     }
