@@ -11,6 +11,7 @@ use super::{CliError, GlobalArgs};
 use crate::build::Builder;
 use crate::fetch::{FetchOptions, ImageFetcher};
 use crate::key::IdScheme;
+use strata_sandbox::cleanup::SandboxDirs;
 use strata_sandbox::runtime::{OciSandbox, OciSandboxOptions};
 use strata_stores::owner::ProcessOwner;
 use strata_stores::{Leftovers, RsyncMode, Store, StoreSpec};
@@ -111,10 +112,11 @@ pub fn open_builder(global: &GlobalArgs, store_args: &StoreArgs, backend: &Backe
     let owners = state.join("owners");
     // This process's claim on its containers and bundles; dies with the process.
     let owner = ProcessOwner::register(&owners).map_err(CliError::environment)?;
-    let mut options = OciSandboxOptions::new(state.join("sandbox"), owner.tag(), state.join("bundles"));
+    let dirs = sandbox_dirs(&state);
+    let mut options = OciSandboxOptions::new(dirs.state, owner.tag(), dirs.bundles);
     options.runtime = backend.runtime.clone();
     let sandbox = OciSandbox::new(options).map_err(CliError::environment)?;
-    if let Err(e) = sandbox.cleanup_orphans(&|tag| ProcessOwner::is_alive(&owners, tag).unwrap_or(true)) {
+    if let Err(e) = sandbox.cleanup_orphans(&owner_alive(&owners)) {
         tracing::warn!("cleaning up leftover containers: {e}");
     }
     // The owner lock must be held for the life of the process.
@@ -130,6 +132,17 @@ pub fn open_builder(global: &GlobalArgs, store_args: &StoreArgs, backend: &Backe
 /// or registry needed.
 pub fn open_for_maintenance(global: &GlobalArgs, store_args: &StoreArgs) -> Result<Builder, CliError> {
     let store = open_store(global, store_args)?;
+    // Steps of a strata that was killed: their containers, cgroups and bundles go now, as
+    // when a build opens the store.
+    let state = store.state_dir();
+    match sandbox_dirs(&state).remove_orphans(&owner_alive(&state.join("owners"))) {
+        Ok(removed) => {
+            for orphan in removed {
+                tracing::info!("removed {orphan}");
+            }
+        }
+        Err(e) => tracing::warn!("cleaning up leftover containers: {e}"),
+    }
     let builder = Builder::new(
         store,
         Arc::new(crate::build::unavailable::NoSandbox),
@@ -139,6 +152,19 @@ pub fn open_for_maintenance(global: &GlobalArgs, store_args: &StoreArgs) -> Resu
     .map_err(|e| CliError::environment(anyhow::Error::new(e)))?;
     reconcile_quietly(&builder);
     Ok(builder)
+}
+
+/// Where a store's sandbox keeps runtime state and bundles (as [`OciSandboxOptions`] says).
+pub fn sandbox_dirs(state: &Path) -> SandboxDirs {
+    SandboxDirs {
+        state: state.join("sandbox"),
+        bundles: state.join("bundles"),
+    }
+}
+
+/// Whether the strata process with owner tag `tag` lives (unknown counts as alive).
+pub fn owner_alive(owners: &Path) -> impl Fn(&str) -> bool + '_ {
+    move |tag| ProcessOwner::is_alive(owners, tag).unwrap_or(true)
 }
 
 fn reconcile_quietly(builder: &Builder) {

@@ -1,6 +1,7 @@
 //! `strata verify [--repair]`: check the database against the store.
 
 use clap::Args;
+use strata_sandbox::cleanup::Orphan;
 
 use super::backend::{self, StoreArgs};
 use super::{CliError, CliResult, GlobalArgs};
@@ -24,6 +25,11 @@ struct JsonReport<'a> {
     report: &'a crate::build::reconcile::Report,
     #[serde(skip_serializing_if = "Option::is_none")]
     remaining: Option<&'a [crate::build::reconcile::Problem]>,
+    /// What killed strata processes left of their steps (containers, cgroups, bundles);
+    /// removed with `--repair`.
+    leftovers: &'a [Orphan],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    leftovers_remaining: Option<&'a [Orphan]>,
 }
 
 pub fn run(global: &GlobalArgs, args: VerifyArgs) -> CliResult {
@@ -37,29 +43,47 @@ pub fn run(global: &GlobalArgs, args: VerifyArgs) -> CliResult {
         args.store.id_scheme,
     )
     .map_err(|e| CliError::environment(anyhow::Error::new(e)))?;
+    let state = builder.store().state_dir();
+    let dirs = backend::sandbox_dirs(&state);
+    let owners = state.join("owners");
+    let alive = backend::owner_alive(&owners);
+    let leftovers = dirs.find_orphans(&alive).map_err(CliError::environment)?;
+    if args.repair && !leftovers.is_empty() {
+        dirs.remove_orphans(&alive).map_err(CliError::environment)?;
+    }
     let report = builder
         .reconcile(args.repair)
         .map_err(|e| CliError::environment(anyhow::Error::new(e)))?;
-    let clean = report.problems.is_empty();
+    let clean = report.problems.is_empty() && leftovers.is_empty();
     // Repaired: consistent now?
     let after = if args.repair && !clean {
-        Some(
-            builder
-                .reconcile(false)
-                .map_err(|e| CliError::environment(anyhow::Error::new(e)))?,
-        )
+        let after = builder
+            .reconcile(false)
+            .map_err(|e| CliError::environment(anyhow::Error::new(e)))?;
+        let still = dirs.find_orphans(&alive).map_err(CliError::environment)?;
+        Some((after, still))
     } else {
         None
     };
     if args.json {
         let json = JsonReport {
             report: &report,
-            remaining: after.as_ref().map(|a| a.problems.as_slice()),
+            remaining: after.as_ref().map(|(a, _)| a.problems.as_slice()),
+            leftovers: &leftovers,
+            leftovers_remaining: after.as_ref().map(|(_, still)| still.as_slice()),
         };
         println!("{}", serde_json::to_string(&json).unwrap_or_default());
     } else {
         for p in &report.problems {
             println!("problem: {p}");
+        }
+        for o in &leftovers {
+            println!("problem: {o}");
+        }
+        if args.repair {
+            for o in &leftovers {
+                println!("repaired: removed {o}");
+            }
         }
         for r in &report.repairs {
             println!("repaired: {r}");
@@ -70,13 +94,20 @@ pub fn run(global: &GlobalArgs, args: VerifyArgs) -> CliResult {
     }
     match after {
         _ if clean => Ok(0),
-        Some(after) => {
+        Some((after, still)) => {
             if !args.json {
                 for p in &after.problems {
                     println!("still: {p}");
                 }
+                for o in &still {
+                    println!("still: {o}");
+                }
             }
-            Ok(if after.problems.is_empty() { 0 } else { 1 })
+            Ok(if after.problems.is_empty() && still.is_empty() {
+                0
+            } else {
+                1
+            })
         }
         None => Ok(1),
     }
