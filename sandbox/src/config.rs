@@ -38,6 +38,20 @@ impl std::fmt::Debug for SecretMount {
     }
 }
 
+/// The seccomp filter of a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Seccomp {
+    /// Docker's default profile (see [`crate::seccomp`]).
+    #[default]
+    Default,
+    /// No filter (`--seccomp unconfined`); `fast_sync` still installs its no-op sync rule.
+    Unconfined,
+}
+
+/// The process limit of a step unless the operator says otherwise (`--pids-limit`): enough for
+/// a parallel compiler or test suite, not for a fork bomb to take the host's pid space.
+pub const DEFAULT_PIDS_LIMIT: u64 = 4096;
+
 /// cgroup limits; `None` leaves the runtime's default.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Limits {
@@ -67,6 +81,11 @@ pub struct RunConfig {
     pub log_limit: u64,
     /// Make sync-family syscalls succeed without syncing (seccomp).
     pub fast_sync: bool,
+    /// The syscall filter.
+    pub seccomp: Seccomp,
+    /// Set `noNewPrivileges`: setuid binaries (`sudo`, `su`) then no longer raise privileges.
+    /// Off by default, as in OBuilder and Docker.
+    pub no_new_privileges: bool,
 }
 
 pub const DEFAULT_LOG_LIMIT: u64 = 100 * 1024 * 1024;
@@ -87,6 +106,8 @@ impl RunConfig {
             timeout: None,
             log_limit: DEFAULT_LOG_LIMIT,
             fast_sync: false,
+            seccomp: Seccomp::Default,
+            no_new_privileges: false,
         }
     }
 }

@@ -12,19 +12,21 @@ pub mod cgroups;
 pub mod cleanup;
 pub mod config;
 pub mod error;
+pub mod fsat;
 pub mod host;
 pub mod names;
 pub mod oci_config;
 pub mod output;
 pub mod runtime;
 pub mod runtime_cli;
+pub mod seccomp;
 pub mod secrets;
 pub mod shim;
 
 use std::path::Path;
 
 pub use cancel::Cancel;
-pub use config::{BindMount, Limits, Network, RunConfig, SecretMount};
+pub use config::{BindMount, Limits, Network, RunConfig, Seccomp, SecretMount, DEFAULT_PIDS_LIMIT};
 pub use error::SandboxError;
 pub use runtime::{OciSandbox, OciSandboxOptions, RuntimeVersion};
 

@@ -11,31 +11,32 @@ use std::path::{Component, Path, PathBuf};
 use oci_spec::runtime::{
     Arch, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
     LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResources,
-    LinuxResourcesBuilder, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder, Mount,
-    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, UserBuilder,
+    LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
+    UserBuilder,
 };
 
-use crate::config::{Network, RunConfig};
+use crate::config::{Network, RunConfig, Seccomp};
 use crate::host::{CgroupMode, HostFacts};
+use crate::seccomp;
 use crate::SandboxError;
 
 /// The OCI runtime spec version we write (what runc 1.1 and crun 1.8 implement).
 pub const OCI_VERSION: &str = "1.0.2";
 
-/// Docker's default capability set: without CHOWN `chown` fails, without SETUID/SETGID `su`
-/// and package managers dropping privileges fail.
-pub const DEFAULT_CAPABILITIES: [Capability; 14] = [
+/// OBuilder's capability set: Docker's default without `CAP_NET_RAW` (raw sockets: ARP and
+/// ICMP spoofing on the host's network under `(network host)`) and `CAP_NET_BIND_SERVICE`
+/// (listening on the host's ports below 1024). Without CHOWN `chown` fails, without
+/// SETUID/SETGID `su` and package managers dropping privileges fail.
+pub const DEFAULT_CAPABILITIES: [Capability; 12] = [
     Capability::Chown,
     Capability::DacOverride,
     Capability::Fsetid,
     Capability::Fowner,
     Capability::Mknod,
-    Capability::NetRaw,
     Capability::Setgid,
     Capability::Setuid,
     Capability::Setfcap,
     Capability::Setpcap,
-    Capability::NetBindService,
     Capability::SysChroot,
     Capability::Kill,
     Capability::AuditWrite,
@@ -213,7 +214,7 @@ fn process(config: &RunConfig, facts: &HostFacts) -> Result<oci_spec::runtime::P
         .cwd(PathBuf::from(&config.cwd))
         .capabilities(capabilities)
         .rlimits(vec![nofile])
-        .no_new_privileges(true)
+        .no_new_privileges(config.no_new_privileges)
         .build()
         .map_err(spec_error)
 }
@@ -292,11 +293,13 @@ fn mounts(config: &RunConfig, files: &BundleFiles<'_>) -> Result<Vec<Mount>, San
 }
 
 fn linux(config: &RunConfig, facts: &HostFacts) -> Result<oci_spec::runtime::Linux, SandboxError> {
+    // A cgroup namespace: the step sees its own cgroup as `/`, not the host's hierarchy.
     let mut kinds = vec![
         LinuxNamespaceType::Pid,
         LinuxNamespaceType::Ipc,
         LinuxNamespaceType::Uts,
         LinuxNamespaceType::Mount,
+        LinuxNamespaceType::Cgroup,
     ];
     if config.network == Network::None {
         kinds.push(LinuxNamespaceType::Network);
@@ -312,9 +315,11 @@ fn linux(config: &RunConfig, facts: &HostFacts) -> Result<oci_spec::runtime::Lin
         .resources(resources(config, facts)?)
         .build()
         .map_err(spec_error)?;
-    if config.fast_sync {
-        linux.set_seccomp(Some(fast_sync_seccomp(&facts.arch)?));
-    }
+    match (config.seccomp, config.fast_sync) {
+        (Seccomp::Default, fast_sync) => linux.set_seccomp(Some(seccomp::default_profile(&facts.arch, fast_sync)?)),
+        (Seccomp::Unconfined, true) => linux.set_seccomp(Some(seccomp::fast_sync_only(&facts.arch)?)),
+        (Seccomp::Unconfined, false) => linux.set_seccomp(None),
+    };
     Ok(linux)
 }
 
@@ -391,23 +396,6 @@ pub fn seccomp_architectures(arch: &str) -> Option<Vec<Arch>> {
     }
 }
 
-/// Allow everything, but make the sync family return 0 without doing anything.
-fn fast_sync_seccomp(arch: &str) -> Result<LinuxSeccomp, SandboxError> {
-    let rule = LinuxSyscallBuilder::default()
-        .names(SYNC_SYSCALLS.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
-        .action(LinuxSeccompAction::ScmpActErrno)
-        .errno_ret(0u32)
-        .build()
-        .map_err(spec_error)?;
-    let mut builder = LinuxSeccompBuilder::default()
-        .default_action(LinuxSeccompAction::ScmpActAllow)
-        .syscalls(vec![rule]);
-    if let Some(archs) = seccomp_architectures(arch) {
-        builder = builder.architectures(archs);
-    }
-    builder.build().map_err(spec_error)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -466,7 +454,7 @@ mod tests {
         assert_eq!(p["cwd"], "/src");
         assert_eq!(p["user"]["uid"], 1000);
         assert_eq!(p["user"]["gid"], 100);
-        assert_eq!(p["noNewPrivileges"], true);
+        assert_eq!(p["noNewPrivileges"], false, "setuid works in steps, as in OBuilder");
         assert_eq!(
             p["rlimits"],
             serde_json::json!([{"type": "RLIMIT_NOFILE", "soft": 1024, "hard": 20000}])
@@ -478,8 +466,24 @@ mod tests {
             .map(|c| c.as_str().unwrap())
             .collect();
         caps.sort();
-        assert_eq!(caps.len(), 14);
-        assert!(caps.contains(&"CAP_CHOWN") && caps.contains(&"CAP_NET_RAW") && caps.contains(&"CAP_AUDIT_WRITE"));
+        assert_eq!(caps.len(), 12);
+        assert!(caps.contains(&"CAP_CHOWN") && caps.contains(&"CAP_SETUID") && caps.contains(&"CAP_AUDIT_WRITE"));
+        for set in ["bounding", "effective", "permitted", "inheritable"] {
+            let set = p["capabilities"][set].as_array().unwrap();
+            assert_eq!(set.len(), 12);
+            assert!(
+                !set.contains(&Value::from("CAP_NET_RAW")),
+                "OBuilder grants no raw sockets"
+            );
+            assert!(
+                !set.contains(&Value::from("CAP_NET_BIND_SERVICE")),
+                "nor ports below 1024"
+            );
+            assert!(!set.contains(&Value::from("CAP_SYS_ADMIN")));
+        }
+        let mut nnp = sample();
+        nnp.no_new_privileges = true;
+        assert_eq!(json(&nnp, &facts(CgroupMode::V1))["process"]["noNewPrivileges"], true);
         assert!(p["capabilities"].get("ambient").is_none());
         assert_eq!(v["hostname"], "strata");
         assert_eq!(v["root"]["path"], "/store/rootfs");
@@ -506,7 +510,7 @@ mod tests {
             .iter()
             .map(|n| n["type"].as_str().unwrap())
             .collect();
-        assert_eq!(ns, ["pid", "ipc", "uts", "mount", "network"]);
+        assert_eq!(ns, ["pid", "ipc", "uts", "mount", "cgroup", "network"]);
         assert!(!mount_targets(&v).contains(&"/etc/resolv.conf".to_owned()));
 
         let mut host = sample();
@@ -518,7 +522,7 @@ mod tests {
             .iter()
             .map(|n| n["type"].as_str().unwrap())
             .collect();
-        assert_eq!(ns, ["pid", "ipc", "uts", "mount"]);
+        assert_eq!(ns, ["pid", "ipc", "uts", "mount", "cgroup"]);
         let resolv = v["mounts"]
             .as_array()
             .unwrap()
@@ -548,7 +552,17 @@ mod tests {
         assert!(sys["options"].as_array().unwrap().contains(&Value::from("ro")));
         assert_eq!(v["linux"]["maskedPaths"].as_array().unwrap().len(), 10);
         assert_eq!(v["linux"]["readonlyPaths"].as_array().unwrap().len(), 5);
-        assert!(v["linux"].get("seccomp").is_none(), "no seccomp unless fast_sync");
+        assert_eq!(
+            v["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO",
+            "the default profile is on"
+        );
+        let mut c = sample();
+        c.seccomp = Seccomp::Unconfined;
+        let v = json(&c, &facts(CgroupMode::V1));
+        assert!(
+            v["linux"].get("seccomp").is_none(),
+            "no filter with --seccomp unconfined"
+        );
     }
 
     #[test]
@@ -625,7 +639,7 @@ mod tests {
             .iter()
             .map(|n| n["type"].as_str().unwrap())
             .collect();
-        assert!(!ns.contains(&"cgroup"));
+        assert!(ns.contains(&"cgroup"));
 
         let v = json(&sample(), &facts(CgroupMode::V2));
         assert!(
@@ -640,11 +654,28 @@ mod tests {
         c.fast_sync = true;
         let v = json(&c, &facts(CgroupMode::V1));
         let s = &v["linux"]["seccomp"];
-        assert_eq!(s["defaultAction"], "SCMP_ACT_ALLOW");
+        assert_eq!(
+            s["defaultAction"], "SCMP_ACT_ERRNO",
+            "fast sync keeps the default profile"
+        );
         assert_eq!(
             s["architectures"],
             serde_json::json!(["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"])
         );
+        let sync = s["syscalls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["names"].as_array().unwrap().contains(&Value::from("fsync")))
+            .unwrap();
+        assert_eq!(sync["action"], "SCMP_ACT_ERRNO");
+        assert_eq!(sync["errnoRet"], 0);
+        assert_eq!(sync["names"].as_array().unwrap().len(), 6);
+
+        c.seccomp = Seccomp::Unconfined;
+        let v = json(&c, &facts(CgroupMode::V1));
+        let s = &v["linux"]["seccomp"];
+        assert_eq!(s["defaultAction"], "SCMP_ACT_ALLOW");
         assert_eq!(s["syscalls"][0]["action"], "SCMP_ACT_ERRNO");
         assert_eq!(s["syscalls"][0]["errnoRet"], 0);
         assert_eq!(s["syscalls"][0]["names"].as_array().unwrap().len(), 6);

@@ -364,10 +364,13 @@ fn log_cap_kills_yes(rt: &'static str) {
 fn fast_sync(rt: &'static str) {
     let Some(env) = env(rt) else { return };
     let script = "i=0; while [ $i -lt 1000 ]; do dd if=/dev/zero of=/tmp/f bs=4096 count=1 conv=fsync 2>/dev/null || exit 1; i=$((i+1)); done; grep Seccomp: /proc/self/status";
+    // Without a filter at all (--seccomp unconfined), then with only the no-op sync rule.
     let mut slow = sh(script);
     slow.fast_sync = false;
+    slow.seccomp = strata_sandbox::Seccomp::Unconfined;
     let mut fast = sh(script);
     fast.fast_sync = true;
+    fast.seccomp = strata_sandbox::Seccomp::Unconfined;
     let t = Instant::now();
     let plain = env.run_ok(&slow);
     let slow_time = t.elapsed();
@@ -409,12 +412,31 @@ fn limits(rt: &'static str) {
     env.run_ok(&c);
 }
 
-/// Reads the step's cgroup v1 limit files from the host while the step runs: the step prints
-/// its `/proc/self/cgroup`, and the sink looks the paths up under /sys/fs/cgroup.
+/// Reads the step's cgroup v1 limit files from the host while the step runs. The step has a
+/// cgroup namespace (its `/proc/self/cgroup` says `/`), so the sink looks for the step's cgroup
+/// below the store's (`.../strata/<store id>/<container>`) in each hierarchy the step names.
 #[derive(Default)]
 struct CgroupProbe {
+    store_id: String,
     seen: Mutex<Vec<(String, String)>>,
     paths: Mutex<Vec<PathBuf>>,
+}
+
+/// The directory named `name` below `dir` (breadth first, a few levels deep).
+fn find_dir(dir: &Path, name: &str, depth: usize) -> Option<PathBuf> {
+    let children: Vec<PathBuf> = fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+        .map(|e| e.path())
+        .collect();
+    if let Some(found) = children.iter().find(|p| p.file_name().is_some_and(|n| n == name)) {
+        return Some(found.clone());
+    }
+    if depth == 0 {
+        return None;
+    }
+    children.iter().find_map(|c| find_dir(c, name, depth - 1))
 }
 
 impl LogSink for CgroupProbe {
@@ -425,6 +447,7 @@ impl LogSink for CgroupProbe {
             let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
                 continue;
             };
+            assert_eq!(path, "/", "the step sees its own cgroup as the root: {line}");
             let files: &[(&str, &str)] = &[
                 ("memory", "memory.limit_in_bytes"),
                 ("cpu", "cpu.cfs_quota_us"),
@@ -432,9 +455,11 @@ impl LogSink for CgroupProbe {
             ];
             for (controller, file) in files {
                 if controllers.split(',').any(|c| c == *controller) {
-                    let dir = Path::new("/sys/fs/cgroup")
-                        .join(controller)
-                        .join(path.trim_start_matches('/'));
+                    let store = find_dir(&Path::new("/sys/fs/cgroup").join(controller), &self.store_id, 6);
+                    let dir = store
+                        .and_then(|s| fs::read_dir(s).ok())
+                        .and_then(|mut d| d.find_map(|e| e.ok().filter(|e| e.path().is_dir()).map(|e| e.path())))
+                        .unwrap_or_else(|| PathBuf::from("/no/cgroup/found"));
                     let value = fs::read_to_string(dir.join(file)).unwrap_or_else(|e| format!("unreadable: {e}"));
                     self.seen
                         .lock()
@@ -453,7 +478,10 @@ fn cgroup_limits_applied(rt: &'static str) {
     c.limits.memory_bytes = Some(16 << 20);
     c.limits.cpus = Some(0.5);
     c.limits.pids = Some(20);
-    let probe = CgroupProbe::default();
+    let probe = CgroupProbe {
+        store_id: strata_sandbox::runtime::store_id(&env.fixture.dir().join("state/sandbox")).unwrap(),
+        ..CgroupProbe::default()
+    };
     let outcome = env.sandbox.run(&c, env.rootfs(), &probe, &Cancel::new()).unwrap();
     assert_eq!(outcome, Outcome::Exited(0));
     let mut seen = probe.seen.lock().unwrap().clone();
@@ -576,6 +604,30 @@ fn orphans_removed(rt: &'static str) {
     assert!(processes_with(marker).is_empty());
 }
 
+/// The default seccomp profile is installed, refuses namespaces and mounts, makes `clone3`
+/// fail with ENOSYS (busybox and glibc then use `clone`), and leaves an ordinary step alone;
+/// with `fast_sync` it keeps the profile and adds the no-op sync rule.
+fn default_seccomp_profile(rt: &'static str) {
+    let Some(env) = env(rt) else { return };
+    let script = "grep Seccomp: /proc/self/status; \
+        unshare -U -r true 2>&1 && echo UNSHARE-WORKED; \
+        unshare -m true 2>&1 && echo UNSHARE-M-WORKED; \
+        mkdir -p /mnt/t && mount -t tmpfs t /mnt/t 2>&1 && echo MOUNT-WORKED; \
+        echo hi > /tmp/f && sync && cat /tmp/f | wc -c; (sleep 0.1 & wait) && echo forked; \
+        dd if=/dev/zero of=/tmp/g bs=4096 count=4 conv=fsync 2>/dev/null && echo dd-ok";
+    for fast_sync in [false, true] {
+        let mut c = sh(script);
+        c.fast_sync = fast_sync;
+        let text = env.run_ok(&c);
+        assert!(text.contains("Seccomp:\t2"), "{rt}: {text}");
+        for worked in ["UNSHARE-WORKED", "UNSHARE-M-WORKED", "MOUNT-WORKED"] {
+            assert!(!text.contains(worked), "{rt}: {worked}: {text}");
+        }
+        assert!(text.contains("Operation not permitted"), "{rt}: {text}");
+        assert!(text.contains("3\nforked\ndd-ok"), "{rt}: everyday calls work: {text}");
+    }
+}
+
 macro_rules! under_runtime {
     ($runtime:ident) => {
         mod $runtime {
@@ -631,6 +683,10 @@ macro_rules! under_runtime {
             #[test]
             fn fast_sync() {
                 super::fast_sync(RT)
+            }
+            #[test]
+            fn default_seccomp_profile() {
+                super::default_seccomp_profile(RT)
             }
             #[test]
             fn limits() {
