@@ -46,9 +46,10 @@ fn disk_full_during_a_step() {
     env.verify_clean();
 }
 
-/// A runtime program that answers `--version` like runc but dies of SIGSEGV when asked to run
-/// a container: the build fails with exit 3 naming the runtime, records nothing, and the next
-/// build with the real runtime works.
+/// A runtime program that answers `--version` like a runc without CVE-2024-21626 (so the version
+/// gate lets it through) but dies of SIGSEGV when asked to run a container: the build fails
+/// with exit 3 naming the runtime, records nothing, and the next build with the real runtime
+/// works.
 #[test]
 fn runtime_that_crashes() {
     let env = Env::new(Backend::Overlayfs);
@@ -58,7 +59,7 @@ fn runtime_that_crashes() {
         &fake,
         "#!/bin/sh\n\
          case \" $* \" in\n\
-         *' --version '*) echo 'runc version 1.1.5'; echo 'spec: 1.0.2-dev' ;;\n\
+         *' --version '*) echo 'runc version 1.1.12'; echo 'spec: 1.0.2-dev' ;;\n\
          *' run '*|*' create '*) echo 'runtime: about to crash' >&2; kill -SEGV $$ ;;\n\
          *' list '*) echo '[]' ;;\n\
          *) exit 0 ;;\n\

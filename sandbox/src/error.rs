@@ -9,6 +9,12 @@ pub enum SandboxError {
         version: String,
         minimum: String,
     },
+    #[error("OCI runtime {runtime} version {version} refused: {reason}")]
+    RuntimeVulnerable {
+        runtime: String,
+        version: String,
+        reason: String,
+    },
     #[error("OCI runtime {runtime} failed: {stderr}")]
     Runtime { runtime: String, stderr: String },
     #[error("{context}: {source}")]

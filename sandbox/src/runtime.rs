@@ -83,26 +83,192 @@ pub struct RuntimeVersion {
 /// Oldest versions known to work: runc 1.0 (seccomp `errnoRet`, needed by `--fast-sync`;
 /// older runc turns it into EPERM), crun 1.0.
 fn minimum_version(flavour: Flavour, program: &Path) -> Option<(u32, u32, u32)> {
-    let name = program.file_name().and_then(|n| n.to_str()).unwrap_or("");
     match flavour {
         Flavour::Crun => Some((1, 0, 0)),
-        Flavour::Runc if name.starts_with("runc") => Some((1, 0, 0)),
+        Flavour::Runc if is_runc(program) => Some((1, 0, 0)),
         Flavour::Runc => None,
     }
 }
 
-/// The version in a runtime's `--version` line, if it is recent enough.
-fn check_version(name: &str, flavour: Flavour, program: &Path, line: &str) -> Result<(u32, u32, u32), SandboxError> {
+fn is_runc(program: &Path) -> bool {
+    let name = program.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    name.starts_with("runc")
+}
+
+/// The first upstream runc release without CVE-2024-21626 ("Leaky Vessels": runc leaked a
+/// descriptor of the host's cgroup directory into the container, so a step whose working
+/// directory is `/proc/self/fd/N` starts outside its root filesystem, with the host's `/`).
+pub const RUNC_CVE_2024_21626_FIXED: (u32, u32, u32) = (1, 1, 12);
+
+/// Distribution builds of older runc that carry the fix: (upstream version as the package
+/// spells it, the first fixed package version). Debian prints the package version on the
+/// `commit:` line of `runc --version` (`commit: 1.1.5+ds1-1+deb12u1`); DSA-5615-1 fixed
+/// bookworm in `1.1.5+ds1-1+deb12u1` and bullseye in `1.0.0~rc93+ds1-5+deb11u3`.
+pub const PATCHED_DISTRIBUTION_BUILDS: [(&str, &str); 2] = [
+    ("1.1.5+ds1", "1.1.5+ds1-1+deb12u1"),
+    ("1.0.0~rc93+ds1", "1.0.0~rc93+ds1-5+deb11u3"),
+];
+
+/// Whether a runc of `version`, whose `--version` printed `output` and whose package (when
+/// the package manager owns the program) is `package_version`, carries the CVE-2024-21626 fix.
+/// `Err` says why not.
+pub fn cve_2024_21626_verdict(
+    version: (u32, u32, u32),
+    output: &str,
+    package_version: Option<&str>,
+) -> Result<(), String> {
+    if version >= RUNC_CVE_2024_21626_FIXED {
+        return Ok(());
+    }
+    let commit = output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("commit:"))
+        .map(str::trim);
+    let candidates = commit.into_iter().chain(package_version);
+    for build in candidates {
+        for (upstream, fixed) in PATCHED_DISTRIBUTION_BUILDS {
+            let same_upstream = build
+                .rsplit_once('-')
+                .is_some_and(|(u, _)| u.rsplit_once(':').map_or(u, |(_, u)| u) == upstream);
+            if same_upstream && debian_version_cmp(build, fixed) != std::cmp::Ordering::Less {
+                return Ok(());
+            }
+        }
+    }
+    let (a, b, c) = RUNC_CVE_2024_21626_FIXED;
+    Err(format!(
+        "it is vulnerable to CVE-2024-21626 (a step can escape to the host): runc before {a}.{b}.{c}, \
+         and not a distribution build known to carry the fix (build {}); install runc {a}.{b}.{c} or \
+         newer, or your distribution's fixed package, or use --runtime crun",
+        commit.or(package_version).unwrap_or("unknown")
+    ))
+}
+
+/// Compares two Debian package versions (`[epoch:]upstream[-revision]`) as dpkg does.
+pub fn debian_version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    fn split(v: &str) -> (u64, &str, &str) {
+        let (epoch, rest) = match v.split_once(':') {
+            Some((e, r)) if e.bytes().all(|c| c.is_ascii_digit()) => (e.parse().unwrap_or(0), r),
+            _ => (0, v),
+        };
+        match rest.rsplit_once('-') {
+            Some((u, r)) => (epoch, u, r),
+            None => (epoch, rest, ""),
+        }
+    }
+    fn order(c: Option<u8>) -> i32 {
+        match c {
+            None => 0,
+            Some(b'~') => -1,
+            Some(c) if c.is_ascii_alphabetic() => i32::from(c),
+            Some(c) => i32::from(c) + 256,
+        }
+    }
+    fn part(a: &str, b: &str) -> std::cmp::Ordering {
+        let (mut a, mut b) = (a.as_bytes(), b.as_bytes());
+        while !a.is_empty() || !b.is_empty() {
+            // The non-digit prefixes, character by character.
+            while a.first().is_some_and(|c| !c.is_ascii_digit()) || b.first().is_some_and(|c| !c.is_ascii_digit()) {
+                let ca = a.first().copied().filter(|c| !c.is_ascii_digit());
+                let cb = b.first().copied().filter(|c| !c.is_ascii_digit());
+                let ord = order(ca).cmp(&order(cb));
+                if ord != std::cmp::Ordering::Equal {
+                    return ord;
+                }
+                if ca.is_some() {
+                    a = &a[1..];
+                }
+                if cb.is_some() {
+                    b = &b[1..];
+                }
+            }
+            // Then the digit runs, as numbers.
+            let da = a.iter().take_while(|c| c.is_ascii_digit()).count();
+            let db = b.iter().take_while(|c| c.is_ascii_digit()).count();
+            let na = std::str::from_utf8(&a[..da])
+                .ok()
+                .and_then(|s| s.parse::<u128>().ok())
+                .unwrap_or(0);
+            let nb = std::str::from_utf8(&b[..db])
+                .ok()
+                .and_then(|s| s.parse::<u128>().ok())
+                .unwrap_or(0);
+            if na != nb {
+                return na.cmp(&nb);
+            }
+            a = &a[da..];
+            b = &b[db..];
+        }
+        std::cmp::Ordering::Equal
+    }
+    let (ea, ua, ra) = split(a);
+    let (eb, ub, rb) = split(b);
+    ea.cmp(&eb).then_with(|| part(ua, ub)).then_with(|| part(ra, rb))
+}
+
+/// The version of the package that owns `program`, when dpkg owns it (`dpkg-query -S`, then
+/// `dpkg-query -W`); `None` elsewhere.
+fn package_version(program: &Path) -> Option<String> {
+    let path = program.canonicalize().ok()?;
+    let owner = std::process::Command::new("dpkg-query")
+        .arg("-S")
+        .arg(&path)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let text = String::from_utf8_lossy(&owner.stdout);
+    let package = text.lines().next()?.split_once(':')?.0.trim().to_owned();
+    if package.is_empty() || package.contains([',', ' ']) {
+        return None;
+    }
+    let version = std::process::Command::new("dpkg-query")
+        .args(["-W", "-f=${Version}", &package])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    Some(String::from_utf8_lossy(&version.stdout).trim().to_owned()).filter(|v| !v.is_empty())
+}
+
+/// The version in a runtime's `--version` output, if it is recent enough and, for runc, not
+/// vulnerable to CVE-2024-21626. `package` looks up the package version of the program (only
+/// asked when the `--version` output does not settle it).
+fn check_version(
+    name: &str,
+    flavour: Flavour,
+    program: &Path,
+    output: &str,
+    package: &dyn Fn(&Path) -> Option<String>,
+) -> Result<(u32, u32, u32), SandboxError> {
+    let line = output.lines().next().unwrap_or("").trim();
     let version = parse_version(line).ok_or_else(|| SandboxError::Runtime {
         runtime: name.to_owned(),
         stderr: format!("cannot read a version from --version output {line:?}"),
     })?;
+    let shown = format!("{}.{}.{}", version.0, version.1, version.2);
     if let Some(minimum) = minimum_version(flavour, program) {
         if version < minimum {
             return Err(SandboxError::RuntimeTooOld {
                 runtime: name.to_owned(),
-                version: format!("{}.{}.{}", version.0, version.1, version.2),
+                version: shown,
                 minimum: format!("{}.{}.{}", minimum.0, minimum.1, minimum.2),
+            });
+        }
+    }
+    if flavour == Flavour::Runc && is_runc(program) {
+        let verdict = cve_2024_21626_verdict(version, output, None).or_else(|e| {
+            package(program).map_or(Err(e.clone()), |v| {
+                cve_2024_21626_verdict(version, output, Some(&v)).map_err(|_| e)
+            })
+        });
+        if let Err(reason) = verdict {
+            return Err(SandboxError::RuntimeVulnerable {
+                runtime: name.to_owned(),
+                version: shown,
+                reason,
             });
         }
     }
@@ -168,6 +334,8 @@ pub struct OciSandbox {
     store_id: String,
     bundle_parent: PathBuf,
     facts: HostFacts,
+    /// Set once [`OciSandbox::probe`] accepted the runtime.
+    version_checked: std::sync::OnceLock<()>,
 }
 
 impl OciSandbox {
@@ -206,6 +374,7 @@ impl OciSandbox {
             store_id,
             bundle_parent: options.bundle_parent,
             facts: HostFacts::detect(),
+            version_checked: std::sync::OnceLock::new(),
         })
     }
 
@@ -214,15 +383,17 @@ impl OciSandbox {
         &self.cli.root
     }
 
-    /// Checks that the runtime exists, answers `--version` and is recent enough.
+    /// Checks that the runtime exists, answers `--version`, is recent enough and not known to be
+    /// vulnerable ([`cve_2024_21626_verdict`]). [`Sandbox::run`] does it before the first step.
     pub fn probe(&self) -> Result<RuntimeVersion, SandboxError> {
         let program = self
             .cli
             .program
             .clone()
             .ok_or_else(|| SandboxError::RuntimeMissing(self.cli.requested.clone()))?;
-        let line = self.cli.version_line()?;
-        let version = check_version(&self.cli.name(), self.cli.flavour, &program, &line)?;
+        let output = self.cli.version_output()?;
+        let version = check_version(&self.cli.name(), self.cli.flavour, &program, &output, &package_version)?;
+        let line = output.lines().next().unwrap_or("").trim().to_owned();
         Ok(RuntimeVersion { program, line, version })
     }
 
@@ -311,9 +482,15 @@ impl Sandbox for OciSandbox {
         if cancel.is_cancelled() {
             return Ok(Outcome::Cancelled);
         }
-        // Fail before touching anything when there is no runtime.
+        // Fail before touching anything when there is no runtime, or one that must not run
+        // steps (checked once per sandbox).
         if self.cli.program.is_none() {
             return Err(SandboxError::RuntimeMissing(self.cli.requested.clone()));
+        }
+        if self.version_checked.get().is_none() {
+            let found = self.probe()?;
+            tracing::debug!("runtime {} ({})", found.program.display(), found.line);
+            let _ = self.version_checked.set(());
         }
         let guard = self.prepare(config, rootfs)?;
         let runtime_log = guard.bundle.join("runtime.log");
@@ -622,28 +799,96 @@ mod tests {
         assert!(runtime_errors(&dir.path().join("missing")).is_empty());
     }
 
+    fn no_package(_: &Path) -> Option<String> {
+        None
+    }
+
     #[test]
     fn versions_are_checked() {
         let runc = Path::new("/usr/sbin/runc");
         let crun = Path::new("/usr/bin/crun");
+        let check = |name: &str, flavour, program: &Path, output: &str| {
+            check_version(name, flavour, program, output, &no_package)
+        };
         assert_eq!(
-            check_version("runc", Flavour::Runc, runc, "runc version 1.1.5+ds1").unwrap(),
-            (1, 1, 5)
+            check(
+                "runc",
+                Flavour::Runc,
+                runc,
+                "runc version 1.1.12\ncommit: v1.1.12-0-g51d5e946\n"
+            )
+            .unwrap(),
+            (1, 1, 12)
         );
         assert!(matches!(
-            check_version("runc", Flavour::Runc, runc, "runc version 0.1.1"),
+            check("runc", Flavour::Runc, runc, "runc version 0.1.1"),
             Err(SandboxError::RuntimeTooOld { .. })
         ));
         assert!(matches!(
-            check_version("crun", Flavour::Crun, crun, "crun version 0.17"),
+            check("crun", Flavour::Crun, crun, "crun version 0.17"),
             Err(SandboxError::RuntimeTooOld { .. })
         ));
+        // crun was never affected by CVE-2024-21626.
+        assert!(check("crun", Flavour::Crun, crun, "crun version 1.8.1\ncommit: f8a096be\n").is_ok());
         // No known minimum for other runc-compatible runtimes.
-        assert!(check_version("youki", Flavour::Runc, Path::new("/bin/youki"), "youki version 0.3.0").is_ok());
+        assert!(check("youki", Flavour::Runc, Path::new("/bin/youki"), "youki version 0.3.0").is_ok());
         assert!(matches!(
-            check_version("runc", Flavour::Runc, runc, "no version here"),
+            check("runc", Flavour::Runc, runc, "no version here"),
             Err(SandboxError::Runtime { .. })
         ));
+    }
+
+    /// Debian 12's runc, exactly as it prints itself: patched, accepted.
+    const BOOKWORM: &str =
+        "runc version 1.1.5+ds1\ncommit: 1.1.5+ds1-1+deb12u1\nspec: 1.0.2-dev\ngo: go1.19.8\nlibseccomp: 2.5.4\n";
+
+    #[test]
+    fn runc_vulnerable_to_cve_2024_21626_is_refused() {
+        let runc = Path::new("/usr/sbin/runc");
+        let check = |output: &str| check_version("runc", Flavour::Runc, runc, output, &no_package);
+        assert_eq!(check(BOOKWORM).unwrap(), (1, 1, 5));
+        assert!(
+            check(&BOOKWORM.replace("deb12u1", "deb12u3")).is_ok(),
+            "later security updates"
+        );
+        for vulnerable in [
+            "runc version 1.1.5+ds1\ncommit: 1.1.5+ds1-1\n",
+            "runc version 1.1.11\ncommit: v1.1.11-0-g4bccb38c\n",
+            "runc version 1.1.5\nspec: 1.0.2-dev\n",
+            "runc version 1.0.0~rc93+ds1\ncommit: 1.0.0~rc93+ds1-5+deb11u2\n",
+            // A fixed revision of another upstream version does not count.
+            "runc version 1.1.4\ncommit: 1.1.4-1+deb12u1\n",
+        ] {
+            let err = check(vulnerable).unwrap_err();
+            assert!(
+                matches!(err, SandboxError::RuntimeVulnerable { .. }),
+                "{vulnerable}: {err}"
+            );
+            assert!(err.to_string().contains("CVE-2024-21626"), "{err}");
+        }
+        assert!(check("runc version 1.0.0~rc93+ds1\ncommit: 1.0.0~rc93+ds1-5+deb11u3\n").is_ok());
+        // Without a commit line, the package that owns the program decides.
+        let package = |_: &Path| Some("1.1.5+ds1-1+deb12u1".to_owned());
+        assert!(check_version("runc", Flavour::Runc, runc, "runc version 1.1.5+ds1\n", &package).is_ok());
+        let old = |_: &Path| Some("1.1.5+ds1-1".to_owned());
+        assert!(check_version("runc", Flavour::Runc, runc, "runc version 1.1.5+ds1\n", &old).is_err());
+    }
+
+    #[test]
+    fn debian_versions_compare_as_dpkg() {
+        use std::cmp::Ordering::*;
+        for (a, b, want) in [
+            ("1.1.5+ds1-1+deb12u1", "1.1.5+ds1-1+deb12u1", Equal),
+            ("1.1.5+ds1-1+deb12u2", "1.1.5+ds1-1+deb12u1", Greater),
+            ("1.1.5+ds1-1+deb12u10", "1.1.5+ds1-1+deb12u9", Greater),
+            ("1.1.5+ds1-1", "1.1.5+ds1-1+deb12u1", Less),
+            ("1.0.0~rc93+ds1-5", "1.0.0+ds1-5", Less),
+            ("1:0.1-1", "9.9-1", Greater),
+            ("1.0a", "1.0", Greater),
+            ("1.0~", "1.0", Less),
+        ] {
+            assert_eq!(debian_version_cmp(a, b), want, "{a} vs {b}");
+        }
     }
 
     #[test]

@@ -165,6 +165,11 @@ impl RuntimeCli {
 
     /// The first line of `<runtime> --version`.
     pub fn version_line(&self) -> Result<String, SandboxError> {
+        Ok(self.version_output()?.lines().next().unwrap_or("").trim().to_owned())
+    }
+
+    /// All of `<runtime> --version` (runc adds `commit:`, `spec:`, `go:` lines).
+    pub fn version_output(&self) -> Result<String, SandboxError> {
         let out = Command::new(self.program()?)
             .arg("--version")
             .stdin(Stdio::null())
@@ -177,7 +182,7 @@ impl RuntimeCli {
                 stderr: format!("--version failed: {}", String::from_utf8_lossy(&out.stderr).trim()),
             });
         }
-        Ok(text.lines().next().unwrap_or("").trim().to_owned())
+        Ok(text.into_owned())
     }
 
     pub fn spawn_error(&self, e: std::io::Error) -> SandboxError {
