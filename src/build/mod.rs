@@ -6,6 +6,7 @@
 
 pub mod copy;
 pub mod error;
+pub mod guard;
 pub mod healthcheck;
 pub mod inflight;
 pub mod lease;
@@ -22,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use strata_sandbox::{BindMount, Cancel, Limits, Sandbox};
+use strata_sandbox::{BindMount, Cancel, Limits, Sandbox, Seccomp};
 use strata_stores::{StepId, Store};
 
 use crate::db::Db;
@@ -45,6 +46,12 @@ pub struct BuildOptions {
     /// Kill a step whose output passes this many bytes.
     pub log_limit: Option<u64>,
     pub fast_sync: bool,
+    /// The steps' syscall filter (`--seccomp`).
+    pub seccomp: Seccomp,
+    /// Set `noNewPrivileges` in steps (`--no-new-privileges`): setuid programs stop working.
+    pub no_new_privileges: bool,
+    /// Refuse `(network host)` (`--no-host-network`).
+    pub no_host_network: bool,
     /// Extra read-only host paths (`--sandbox-path HOST:TARGET`).
     pub extra_mounts: Vec<BindMount>,
     /// Replay a cached step's log.

@@ -136,8 +136,19 @@ fn run_step(
     op_text: String,
 ) -> Result<StepId, BuildError> {
     let (uid, gid) = unix_user(&ctx.user)?;
+    if let Some(dir) = super::guard::forbidden_workdir(&ctx.workdir) {
+        return Err(BuildError::Usage(format!(
+            "workdir {:?} is under {dir}: a step's working directory may not be in /proc, /sys or /dev",
+            ctx.workdir
+        )));
+    }
     let network = match r.network.as_slice() {
         [] => Network::None,
+        [one] if one == "host" && run.options.no_host_network => {
+            return Err(BuildError::Usage(
+                "(network host) is refused: the operator passed --no-host-network".to_owned(),
+            ))
+        }
         [one] if one == "host" => Network::Host,
         other => {
             return Err(BuildError::Usage(format!(
@@ -195,6 +206,8 @@ fn run_step(
         config.log_limit = limit;
     }
     config.fast_sync = run.options.fast_sync;
+    config.seccomp = run.options.seccomp;
+    config.no_new_privileges = run.options.no_new_privileges;
     let caches: Vec<(String, String)> = r.cache.iter().map(|c| (c.id.clone(), c.target.clone())).collect();
     let step_name = op_text.clone();
     let work = Box::new(move |env: &StepEnv<'_>| run_in_sandbox(env, config, &caches, &step_name));

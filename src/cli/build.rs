@@ -11,8 +11,17 @@ use clap::Args;
 use super::backend::{self, BackendArgs, StoreArgs};
 use super::progress::{ProgressMode, StderrReporter};
 use super::{exit, units, CliError, CliResult, GlobalArgs};
-use crate::build::{BuildOptions, ErrorKind};
-use strata_sandbox::{BindMount, Cancel, Limits};
+use crate::build::{guard, BuildOptions, ErrorKind};
+use strata_sandbox::{BindMount, Cancel, Limits, Seccomp, DEFAULT_PIDS_LIMIT};
+
+/// `--seccomp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SeccompArg {
+    /// Docker's default profile (namespaces, mounts, kernel keyrings, bpf... refused)
+    Default,
+    /// No filter
+    Unconfined,
+}
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
@@ -31,27 +40,36 @@ pub struct BuildArgs {
     /// Replay the logs of cached steps
     #[arg(long)]
     pub show_cached_logs: bool,
-    /// Memory limit per step (e.g. 2G)
-    #[arg(long, value_parser = units::parse_size, value_name = "SIZE")]
+    /// Memory limit per step (e.g. 2G; at least 6M)
+    #[arg(long, value_parser = units::parse_memory, value_name = "SIZE")]
     pub memory: Option<u64>,
-    /// CPU limit per step (e.g. 1.5)
-    #[arg(long, value_name = "CPUS")]
+    /// CPU limit per step (e.g. 1.5; at least 0.01)
+    #[arg(long, value_parser = units::parse_cpus, value_name = "CPUS")]
     pub cpus: Option<f64>,
-    /// Process limit per step
-    #[arg(long = "pids-limit", value_name = "N")]
-    pub pids_limit: Option<u64>,
+    /// Process limit per step (0: no limit)
+    #[arg(long = "pids-limit", value_name = "N", default_value_t = DEFAULT_PIDS_LIMIT)]
+    pub pids_limit: u64,
     /// Kill a step that runs longer (e.g. 30m)
-    #[arg(long = "step-timeout", value_parser = units::parse_duration, value_name = "DURATION")]
+    #[arg(long = "step-timeout", value_parser = units::parse_positive_duration, value_name = "DURATION")]
     pub step_timeout: Option<Duration>,
     /// Cancel the whole build after this long (e.g. 2h)
-    #[arg(long, value_parser = units::parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = units::parse_positive_duration, value_name = "DURATION")]
     pub timeout: Option<Duration>,
     /// Kill a step whose output passes this size
-    #[arg(long = "log-limit", value_parser = units::parse_size, default_value = "100M", value_name = "SIZE")]
+    #[arg(long = "log-limit", value_parser = units::parse_positive_size, default_value = "100M", value_name = "SIZE")]
     pub log_limit: u64,
     /// Make sync/fsync no-ops inside steps (faster; a crash may lose the step's writes)
     #[arg(long = "fast-sync")]
     pub fast_sync: bool,
+    /// The steps' syscall filter: Docker's default profile, or none
+    #[arg(long, value_enum, default_value_t = SeccompArg::Default, value_name = "PROFILE")]
+    pub seccomp: SeccompArg,
+    /// Set no_new_privs in steps: setuid programs (sudo, su) no longer gain privileges
+    #[arg(long = "no-new-privileges")]
+    pub no_new_privileges: bool,
+    /// Refuse specs that use (network host)
+    #[arg(long = "no-host-network")]
+    pub no_host_network: bool,
     /// Bind a host path read-only into every step: HOST:TARGET (repeatable)
     #[arg(long = "sandbox-path", value_name = "HOST:TARGET")]
     pub sandbox_path: Vec<String>,
@@ -110,6 +128,16 @@ pub fn run(global: &GlobalArgs, args: BuildArgs) -> CliResult {
     let cancel = Cancel::new();
     let interrupted = cancel_on_signals(&cancel);
     let spec = crate::spec::load_spec(&args.file).map_err(CliError::usage)?;
+    let policy = guard::Policy {
+        no_host_network: args.no_host_network,
+    };
+    let findings = guard::build_findings(&spec, &policy);
+    if !findings.is_empty() {
+        for finding in &findings {
+            eprintln!("{}", finding.error(&args.file));
+        }
+        return Err(CliError::silent(exit::USAGE));
+    }
     let context = std::fs::canonicalize(&args.context)
         .map_err(|e| CliError::usage(anyhow::anyhow!("build context {}: {e}", args.context.display())))?;
     if !context.is_dir() {
@@ -124,11 +152,18 @@ pub fn run(global: &GlobalArgs, args: BuildArgs) -> CliResult {
         limits: Limits {
             memory_bytes: args.memory,
             cpus: args.cpus,
-            pids: args.pids_limit,
+            // 0: no limit.
+            pids: Some(args.pids_limit).filter(|&n| n > 0),
         },
         step_timeout: args.step_timeout,
         log_limit: Some(args.log_limit),
         fast_sync: args.fast_sync,
+        seccomp: match args.seccomp {
+            SeccompArg::Default => Seccomp::Default,
+            SeccompArg::Unconfined => Seccomp::Unconfined,
+        },
+        no_new_privileges: args.no_new_privileges,
+        no_host_network: args.no_host_network,
         extra_mounts: sandbox_paths(&args.sandbox_path)?,
         show_cached_logs: args.show_cached_logs,
     };

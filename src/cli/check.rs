@@ -19,8 +19,14 @@ pub struct CheckArgs {
 pub fn run(args: &CheckArgs) -> CliResult {
     let mut failed = false;
     for file in &args.files {
-        match read_spec_text(file).and_then(|(name, text)| parse_spec(&name, &text).map(|_| name)) {
-            Ok(name) => println!("{}: ok", name.display()),
+        match read_spec_text(file).and_then(|(name, text)| parse_spec(&name, &text).map(|spec| (name, spec))) {
+            Ok((name, spec)) => {
+                // OBuilder accepts these; every strata build refuses them.
+                for finding in crate::build::guard::workdir_findings(&spec) {
+                    eprintln!("{}", finding.warning(&name));
+                }
+                println!("{}: ok", name.display())
+            }
             Err(e) => {
                 eprintln!("{e}");
                 failed = true;

@@ -68,6 +68,65 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     Ok((value * scale) as u64)
 }
 
+/// The smallest `--memory` accepted. Below it a step cannot even start: the runtime's own
+/// init process and the shell run inside the step's cgroup, and runc and crun fail obscurely
+/// (the kernel OOM-kills `runc init`, or the container exits 137 before the command runs).
+/// Docker's floor is 6 MiB; with runc 1.1 on these hosts a busybox step needs about that much,
+/// so strata takes the same floor and says so, rather than letting the step fail at run time.
+pub const MIN_MEMORY: u64 = 6 << 20;
+
+/// The smallest `--cpus`: a CFS quota below 1 ms per 100 ms period is refused by the kernel.
+pub const MIN_CPUS: f64 = 0.01;
+
+/// `--memory`: a size of at least [`MIN_MEMORY`].
+pub fn parse_memory(text: &str) -> Result<u64, String> {
+    let bytes = parse_size(text)?;
+    if bytes < MIN_MEMORY {
+        return Err(format!(
+            "memory limit {text:?} is below the minimum of 6M (a step cannot start with less: the \
+             runtime's init and the shell count against it)"
+        ));
+    }
+    Ok(bytes)
+}
+
+/// `--cpus`: a finite number of CPUs, at least [`MIN_CPUS`].
+pub fn parse_cpus(text: &str) -> Result<f64, String> {
+    let bad = |why: &str| format!("invalid cpu limit {text:?}: {why}");
+    let cpus: f64 = text.trim().parse().map_err(|_| bad("expected a number such as 1.5"))?;
+    if !cpus.is_finite() {
+        return Err(bad("not a finite number"));
+    }
+    if cpus < MIN_CPUS {
+        return Err(bad("must be at least 0.01"));
+    }
+    if cpus > 1_000_000.0 {
+        return Err(bad("must be at most 1000000"));
+    }
+    Ok(cpus)
+}
+
+/// A duration that is not zero (`--timeout`, `--step-timeout`: a zero limit would kill
+/// everything at once).
+pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if d.is_zero() {
+        return Err(format!(
+            "duration {text:?} must be more than 0 (leave the flag out for no limit)"
+        ));
+    }
+    Ok(d)
+}
+
+/// A size that is not zero (`--log-limit`).
+pub fn parse_positive_size(text: &str) -> Result<u64, String> {
+    let bytes = parse_size(text)?;
+    if bytes == 0 {
+        return Err(format!("size {text:?} must be more than 0"));
+    }
+    Ok(bytes)
+}
+
 /// Human-readable bytes (`1.5 GiB`).
 pub fn format_size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -187,6 +246,26 @@ mod tests {
         assert_eq!(parse_size("1000").unwrap(), 1000);
         assert!(parse_size("12 parsecs").is_err());
         assert_eq!(format_size(1536), "1.5 KiB");
+    }
+
+    #[test]
+    fn limits_are_validated() {
+        assert_eq!(parse_memory("6M").unwrap(), 6 << 20);
+        assert_eq!(parse_memory("2G").unwrap(), 2 << 30);
+        for bad in ["0", "1M", "5.9M", "4096", "x"] {
+            assert!(parse_memory(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_cpus("1.5").unwrap(), 1.5);
+        assert_eq!(parse_cpus("0.01").unwrap(), 0.01);
+        for bad in ["0", "nan", "NaN", "inf", "-1", "0.001", "1e9", "", "two"] {
+            assert!(parse_cpus(bad).is_err(), "{bad}");
+        }
+        assert!(parse_positive_duration("0s").is_err());
+        assert!(parse_positive_duration("0").is_err());
+        assert_eq!(parse_positive_duration("1s").unwrap(), Duration::from_secs(1));
+        assert!(parse_positive_size("0").is_err());
+        assert!(parse_positive_size("0M").is_err());
+        assert_eq!(parse_positive_size("1K").unwrap(), 1024);
     }
 
     #[test]
