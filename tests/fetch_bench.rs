@@ -18,7 +18,11 @@ fn pull_once() {
     let dest = std::path::PathBuf::from(std::env::var("STRATA_BENCH_DEST").expect("STRATA_BENCH_DEST"));
     let rootfs = dest.join("rootfs");
     std::fs::create_dir_all(&rootfs).unwrap();
-    let fetcher = ImageFetcher::new(FetchOptions::default());
+    // The benchmark names its own local layout: allow it.
+    let options = FetchOptions::default()
+        .allow_local_images(&[std::path::PathBuf::from("/")])
+        .unwrap();
+    let fetcher = ImageFetcher::new(options);
     let config = fetcher.fetch(&image, &rootfs, &Quiet, &Cancel::new()).unwrap();
     assert!(config.digest.is_some());
 }

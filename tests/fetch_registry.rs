@@ -34,6 +34,8 @@ fn fetch_with(options: FetchOptions, image: &str) -> (tempfile::TempDir, Result<
     let rootfs = dir.path().join("rootfs");
     std::fs::create_dir(&rootfs).unwrap();
     let log = Log::default();
+    // The layouts and archives of these tests live in temporary directories.
+    let options = options.allow_local_images(&[std::env::temp_dir()]).unwrap();
     let result = ImageFetcher::new(options).fetch(image, &rootfs, &log, &Cancel::new());
     (dir, result, log.text())
 }

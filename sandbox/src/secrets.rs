@@ -6,16 +6,26 @@
 //! directories) inside the rootfs; [`Placeholders`] records which of those did not exist before
 //! the step and removes them afterwards when they are still empty, so the snapshot keeps no
 //! trace of the secret beyond directories the step itself filled.
+//!
+//! Security: after the step the rootfs is the step's work, and the step may have replaced any
+//! component of a placeholder's path with a symlink (to `/etc` of the host, say). The removal
+//! therefore never uses a host path: each placeholder's parent is opened from a descriptor of
+//! the rootfs with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` (a symlink anywhere on the
+//! way makes it skip the entry), and the entry itself is inspected with `fstatat(NOFOLLOW)` and
+//! removed with `unlinkat` relative to that parent (see [`crate::fsat`]).
 
-use std::ffi::OsString;
+use std::ffi::{CString, OsString};
 use std::fs;
 use std::io::Write;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use crate::config::SecretMount;
+use crate::fsat;
 use crate::SandboxError;
 
 /// The private tmpfs holding this step's secret files; unmounted by [`SecretDir::release`] or
@@ -106,6 +116,7 @@ fn io_error(context: String, source: std::io::Error) -> SandboxError {
 /// Entries the runtime will create in the rootfs for mount targets, deepest last.
 #[derive(Debug, Default)]
 pub struct Placeholders {
+    rootfs: PathBuf,
     paths: Vec<PathBuf>,
 }
 
@@ -121,7 +132,10 @@ impl Placeholders {
                 }
             }
         }
-        Placeholders { paths }
+        Placeholders {
+            rootfs: rootfs.to_path_buf(),
+            paths,
+        }
     }
 
     pub fn paths(&self) -> &[PathBuf] {
@@ -129,26 +143,67 @@ impl Placeholders {
     }
 
     /// Removes the recorded entries that are still empty (an empty file, an empty directory),
-    /// deepest first. Entries the step filled are left alone.
+    /// deepest first. Entries the step filled are left alone, and so is every entry whose path
+    /// the step redirected through a symlink: nothing outside the rootfs is ever touched.
     pub fn remove(&mut self) {
         let mut paths = std::mem::take(&mut self.paths);
+        if paths.is_empty() {
+            return;
+        }
+        let root = match fsat::open_root(&self.rootfs) {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::warn!("opening {} to remove mount placeholders: {e}", self.rootfs.display());
+                return;
+            }
+        };
         // Deepest first, so a directory is empty once its placeholder children are gone.
         paths.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
         for p in paths {
-            let Ok(meta) = fs::symlink_metadata(&p) else { continue };
-            let result = if meta.is_dir() {
-                fs::remove_dir(&p)
-            } else if meta.is_file() && meta.len() == 0 {
-                fs::remove_file(&p)
-            } else {
-                Ok(())
+            let Ok(rel) = p.strip_prefix(&self.rootfs) else {
+                continue;
             };
-            if let Err(e) = result {
-                if e.raw_os_error() != Some(libc::ENOTEMPTY) {
+            if let Err(e) = remove_placeholder(root.as_fd(), rel) {
+                if !matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::ENOENT)) {
                     tracing::warn!("removing mount placeholder {}: {e}", p.display());
                 }
             }
         }
+    }
+}
+
+/// Removes `rel` (a path below the rootfs `root`) if it is an empty directory or an empty
+/// regular file, resolving every component from `root` without following any symlink.
+fn remove_placeholder(root: std::os::fd::BorrowedFd<'_>, rel: &Path) -> std::io::Result<()> {
+    let invalid = || std::io::Error::from_raw_os_error(libc::EINVAL);
+    let name = rel.file_name().ok_or_else(invalid)?;
+    let parent = rel.parent().unwrap_or(Path::new(""));
+    let parent = CString::new(parent.as_os_str().as_bytes()).map_err(|_| invalid())?;
+    let name = CString::new(name.as_bytes()).map_err(|_| invalid())?;
+    let dir = match fsat::open_beneath_no_symlinks(root, &parent, libc::O_PATH | libc::O_DIRECTORY) {
+        Ok(dir) => dir,
+        // A symlink on the way (ELOOP), a file where a directory was (ENOTDIR), gone (ENOENT):
+        // the step changed the path, and nothing of it is ours to remove any more.
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ELOOP) | Some(libc::ENOTDIR) | Some(libc::ENOENT) | Some(libc::EXDEV)
+            ) =>
+        {
+            tracing::debug!("mount placeholder {} skipped: {e}", rel.display());
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let Some(st) = fsat::lstat_at(dir.as_fd(), &name)? else {
+        return Ok(());
+    };
+    if fsat::is_dir(&st) {
+        fsat::rmdir_at(dir.as_fd(), &name)
+    } else if fsat::is_regular(&st) && st.st_size == 0 {
+        fsat::unlink_at(dir.as_fd(), &name)
+    } else {
+        Ok(())
     }
 }
 
@@ -269,5 +324,24 @@ mod tests {
         assert!(!r.join("etc/c").exists());
         assert!(r.join("run/kept").exists(), "the step's own files stay");
         assert!(r.join("run").exists(), "a non-empty directory stays");
+    }
+
+    #[test]
+    fn placeholders_never_followed_through_a_symlink_the_step_made() {
+        let root = tempfile::tempdir().unwrap();
+        let host = tempfile::tempdir().unwrap();
+        let r = root.path();
+        let h = host.path();
+        let mut p = Placeholders::record(r, ["/run/s/d/tok"]);
+        // The step replaced the placeholder's parent with a link to a host directory holding
+        // an empty directory and an empty file of the same names.
+        fs::create_dir_all(r.join("run")).unwrap();
+        fs::create_dir_all(h.join("d")).unwrap();
+        fs::write(h.join("d/tok"), "").unwrap();
+        symlink(h, r.join("run/s")).unwrap();
+        p.remove();
+        assert!(h.join("d/tok").exists(), "a host file was deleted");
+        assert!(h.join("d").exists(), "a host directory was deleted");
+        assert!(fs::symlink_metadata(r.join("run/s")).unwrap().file_type().is_symlink());
     }
 }

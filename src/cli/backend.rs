@@ -28,6 +28,14 @@ pub struct BackendArgs {
     /// Allow plain HTTP to this registry host (loopback registries always may)
     #[arg(long = "insecure-registry", value_name = "HOST")]
     pub insecure_registry: Vec<String>,
+    /// Let specs read `oci:` and `docker-archive:` images below DIR (repeatable; none by default;
+    /// never below /proc, /sys or /dev)
+    #[arg(long = "allow-local-images", value_name = "DIR")]
+    pub allow_local_images: Vec<PathBuf>,
+    /// Refuse a base image that unpacks to more than SIZE (file contents plus 512 bytes per
+    /// entry; 0 for no cap)
+    #[arg(long = "max-image-size", value_parser = super::units::parse_size, default_value = "50G", value_name = "SIZE")]
+    pub max_image_size: u64,
 }
 
 /// Flags for the store itself.
@@ -102,7 +110,12 @@ pub fn open_store_with(
 }
 
 pub fn fetch_options(backend: &BackendArgs) -> Result<FetchOptions, CliError> {
-    FetchOptions::from_cli(&backend.registry_mirror, &backend.insecure_registry).map_err(CliError::usage)
+    let mut options = FetchOptions::from_cli(&backend.registry_mirror, &backend.insecure_registry)
+        .map_err(CliError::usage)?
+        .allow_local_images(&backend.allow_local_images)
+        .map_err(|e| CliError::usage(anyhow::anyhow!(e)))?;
+    options.max_image_bytes = backend.max_image_size;
+    Ok(options)
 }
 
 /// Opens store, sandbox, fetcher and builder; reconciles the store quietly.

@@ -19,11 +19,15 @@ pub struct CheckArgs {
 pub fn run(args: &CheckArgs) -> CliResult {
     let mut failed = false;
     for file in &args.files {
-        match read_spec_text(file).and_then(|(name, text)| parse_spec(&name, &text).map(|spec| (name, spec))) {
-            Ok((name, spec)) => {
+        match read_spec_text(file).and_then(|(name, text)| parse_spec(&name, &text).map(|spec| (name, spec, text))) {
+            Ok((name, spec, text)) => {
                 // OBuilder accepts these; every strata build refuses them.
                 for finding in crate::build::guard::workdir_findings(&spec) {
                     eprintln!("{}", finding.warning(&name));
+                }
+                for problem in crate::spec::lint::exclude_problems(&name, &text) {
+                    let (line, col) = (problem.span.line, problem.span.col);
+                    eprintln!("{}:{line}:{col}: warning: {}", name.display(), problem.message);
                 }
                 println!("{}: ok", name.display())
             }

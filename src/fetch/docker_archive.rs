@@ -5,6 +5,11 @@
 //! place. The config is verified against the digest its name carries; each layer against
 //! the config's `rootfs.diff_ids` (the digest of the uncompressed tar) and, for
 //! `blobs/sha256/HEX` members, against HEX too.
+//!
+//! The file was opened by [`super::local::open_allowed`] (a regular file below a directory
+//! the operator allowed). An error about a file that is not a tar archive never quotes its
+//! bytes: the tar reader's messages name the header's path field, which for any other file
+//! is its first 100 bytes (`/etc/shadow`'s first lines), so only the error's kind is shown.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -14,11 +19,11 @@ use std::path::Path;
 use strata_sandbox::{Cancel, LogSink};
 
 use super::digest::{sha256_digest, sha256_hex_of, verify_bytes};
-use super::image::parse_config;
+use super::image::{json_problem, parse_config};
 use super::progress::{line, CountingReader, LayerProgress};
 use super::reference::parse_registry_reference;
-use super::unpack::{unpack_layer_with, LayerCheck};
-use super::{FetchError, ImageConfig};
+use super::unpack::{unpack_layer_with, ByteBudget, LayerCheck};
+use super::{FetchError, FetchOptions, ImageConfig};
 
 const MAX_METADATA_BYTES: u64 = 16 << 20;
 
@@ -65,9 +70,22 @@ struct Archive<'a> {
 }
 
 impl<'a> Archive<'a> {
-    fn open(path: &Path, image: &'a str) -> Result<Archive<'a>, FetchError> {
-        let err = |e: std::io::Error| unavailable(image, format!("reading {}: {e}", path.display()));
-        let file = File::open(path).map_err(err)?;
+    fn open(file: File, path: &Path, image: &'a str) -> Result<Archive<'a>, FetchError> {
+        let err = |e: std::io::Error| {
+            if e.raw_os_error().is_some() {
+                unavailable(image, format!("reading {}: {e}", path.display()))
+            } else {
+                // The tar reader's own message quotes header fields: never show it.
+                unavailable(
+                    image,
+                    format!(
+                        "{} is not a docker archive: not a valid tar file ({})",
+                        path.display(),
+                        e.kind()
+                    ),
+                )
+            }
+        };
         let mut members = HashMap::new();
         {
             let mut archive = tar::Archive::new(&file);
@@ -153,7 +171,11 @@ fn tag_matches(repo_tags: &[String], tag: &str) -> bool {
         .any(|t| t == tag || (wanted.is_some() && normal(t) == wanted))
 }
 
+/// Reads the archive open as `file` (named `path` in messages).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn fetch(
+    options: &FetchOptions,
+    file: File,
     path: &Path,
     wanted: Option<&str>,
     image: &str,
@@ -162,10 +184,10 @@ pub(crate) fn fetch(
     cancel: &Cancel,
 ) -> Result<ImageConfig, FetchError> {
     line(log, &format!("reading docker archive {}", path.display()));
-    let archive = Archive::open(path, image)?;
+    let archive = Archive::open(file, path, image)?;
     let manifest_bytes = archive.read_small("manifest.json")?;
     let images: Vec<ArchiveImage> = serde_json::from_slice(&manifest_bytes)
-        .map_err(|e| unavailable(image, format!("manifest.json is not valid: {e}")))?;
+        .map_err(|e| unavailable(image, format!("manifest.json is not valid: {}", json_problem(&e))))?;
     let chosen = match wanted {
         Some(tag) => images
             .iter()
@@ -206,6 +228,7 @@ pub(crate) fn fetch(
     line(log, &format!("config {config_digest}"));
 
     let total = chosen.layers.len();
+    let mut used = 0u64;
     for (index, (layer, diff_id)) in chosen.layers.iter().zip(&config.diff_ids).enumerate() {
         if cancel.is_cancelled() {
             return Err(FetchError::Cancelled(image.to_owned()));
@@ -217,9 +240,11 @@ pub(crate) fn fetch(
             digest: digest_in_name(layer).filter(|_| layer.starts_with("blobs/")),
             size: Some(size),
             diff_id: Some(diff_id.clone()),
+            budget: ByteBudget::new(options.max_image_bytes, used),
         };
         let reader = CountingReader::new(std::io::BufReader::with_capacity(1 << 20, reader), &mut progress);
         let stats = unpack_layer_with(reader, rootfs, &check, image, Some(cancel))?;
+        used = used.saturating_add(stats.charged);
         progress.finish(&stats);
     }
     Ok(ImageConfig {

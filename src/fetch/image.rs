@@ -149,8 +149,8 @@ pub fn parse_config(bytes: &[u8], reference: &str) -> Result<ParsedConfig, Fetch
         reference: reference.to_owned(),
         reason,
     };
-    let raw: RawConfig =
-        serde_json::from_slice(bytes).map_err(|e| unavailable(format!("the image config is not valid: {e}")))?;
+    let raw: RawConfig = serde_json::from_slice(bytes)
+        .map_err(|e| unavailable(format!("the image config is not valid: {}", json_problem(&e))))?;
     let run = raw.config.unwrap_or(RawRunConfig {
         env: None,
         working_dir: None,
@@ -173,6 +173,18 @@ pub fn parse_config(bytes: &[u8], reference: &str) -> Result<ParsedConfig, Fetch
         os: raw.os,
         architecture: raw.architecture,
     })
+}
+
+/// What is wrong with a JSON document, without quoting any of it (serde's messages quote
+/// values, and the document may be a host file a spec named): the kind and the position.
+pub fn json_problem(e: &serde_json::Error) -> String {
+    let kind = match e.classify() {
+        serde_json::error::Category::Io => "unreadable",
+        serde_json::error::Category::Syntax => "not JSON",
+        serde_json::error::Category::Data => "not of the expected shape",
+        serde_json::error::Category::Eof => "truncated",
+    };
+    format!("{kind} (line {}, column {})", e.line(), e.column())
 }
 
 /// Accepts the tar layer media types of OCI and Docker; refuses foreign (non-distributable)

@@ -4,12 +4,18 @@
 //! layout (`oci:PATH:TAG`) and a docker-archive tarball (`docker-archive:PATH`). Every blob
 //! is verified against its digest; layers are unpacked so that nothing lands outside the
 //! rootfs.
+//!
+//! Security: the spec author is not trusted. Local sources are read only below directories
+//! the operator allowed (see [`local`]); an image's unpacked size is capped
+//! ([`FetchOptions::max_image_bytes`]); `trusted.*` xattrs of layers are dropped (see
+//! [`unpack`]); no error quotes the bytes of what was read.
 
 pub mod auth;
 pub mod digest;
 pub mod docker_archive;
 mod fsat;
 pub mod image;
+pub mod local;
 pub mod mirror;
 pub mod oci_layout;
 pub mod progress;
@@ -52,6 +58,8 @@ pub enum FetchError {
     Unavailable { reference: String, reason: String },
     #[error("refusing image {reference}: {reason}")]
     Unsafe { reference: String, reason: String },
+    #[error("refusing image {reference}: it unpacks to more than {cap}, the cap on one image's unpacked size (--max-image-size)")]
+    TooLarge { reference: String, cap: String },
     #[error("fetch of {0} cancelled")]
     Cancelled(String),
     #[error("{context}: {source}")]
@@ -62,9 +70,12 @@ pub enum FetchError {
     },
 }
 
-/// How registry pulls are made. Offline sources (`oci:`, `docker-archive:`) ignore all of
-/// it but the platform.
-#[derive(Debug, Clone, Default)]
+/// The default cap on the unpacked bytes of one image (`--max-image-size`).
+pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 50 << 30;
+
+/// How images are fetched. Offline sources (`oci:`, `docker-archive:`) ignore the registry
+/// settings.
+#[derive(Debug, Clone)]
 pub struct FetchOptions {
     /// `(registry, url)` pairs: pulls from `registry` (normalised, `docker.io` for Docker
     /// Hub) go to `url` (`http://HOST[:PORT]` or `https://HOST[:PORT]`). First match wins.
@@ -76,6 +87,26 @@ pub struct FetchOptions {
     pub docker_config: Option<PathBuf>,
     /// The platform picked from multi-platform indexes (default: this host).
     pub platform: Platform,
+    /// Canonical directories below which `oci:` and `docker-archive:` paths may be read
+    /// (`--allow-local-images`); empty means local images are refused. Make entries with
+    /// [`local::allowed_dir`].
+    pub local_image_dirs: Vec<PathBuf>,
+    /// The most bytes one image may unpack to, all layers together: file contents plus 512
+    /// bytes per entry. 0 means no cap.
+    pub max_image_bytes: u64,
+}
+
+impl Default for FetchOptions {
+    fn default() -> FetchOptions {
+        FetchOptions {
+            mirrors: Vec::new(),
+            insecure_registries: Vec::new(),
+            docker_config: None,
+            platform: Platform::host(),
+            local_image_dirs: Vec::new(),
+            max_image_bytes: DEFAULT_MAX_IMAGE_BYTES,
+        }
+    }
 }
 
 impl FetchOptions {
@@ -99,9 +130,20 @@ impl FetchOptions {
         Ok(FetchOptions {
             mirrors,
             insecure_registries: insecure_registries.to_vec(),
-            docker_config: None,
-            platform: Platform::host(),
+            ..FetchOptions::default()
         })
+    }
+
+    /// Allows local images below each of `dirs` (`--allow-local-images`), canonicalised;
+    /// a directory that is missing or below `/proc`, `/sys` or `/dev` is an error.
+    pub fn allow_local_images(mut self, dirs: &[PathBuf]) -> Result<FetchOptions, String> {
+        for dir in dirs {
+            let canonical = local::allowed_dir(dir)?;
+            if !self.local_image_dirs.contains(&canonical) {
+                self.local_image_dirs.push(canonical);
+            }
+        }
+        Ok(self)
     }
 }
 
@@ -129,17 +171,22 @@ impl Fetcher for ImageFetcher {
         }
         match parse_source(image)? {
             ImageSource::Registry(reference) => registry::fetch(&self.options, &reference, image, rootfs, log, cancel),
-            ImageSource::OciLayout { path, tag } => oci_layout::fetch(
-                &path,
-                tag.as_deref(),
-                &self.options.platform,
-                image,
-                rootfs,
-                log,
-                cancel,
-            ),
+            ImageSource::OciLayout { path, tag } => {
+                let dir = local::open_allowed(&self.options.local_image_dirs, &path, image, true)?;
+                oci_layout::fetch(&self.options, dir, &path, tag.as_deref(), image, rootfs, log, cancel)
+            }
             ImageSource::DockerArchive { path, image: name } => {
-                docker_archive::fetch(&path, name.as_deref(), image, rootfs, log, cancel)
+                let file = local::open_allowed(&self.options.local_image_dirs, &path, image, false)?;
+                docker_archive::fetch(
+                    &self.options,
+                    std::fs::File::from(file),
+                    &path,
+                    name.as_deref(),
+                    image,
+                    rootfs,
+                    log,
+                    cancel,
+                )
             }
         }
     }

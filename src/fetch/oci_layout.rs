@@ -4,19 +4,25 @@
 //! The tag is looked up in `index.json` by its `org.opencontainers.image.ref.name`
 //! annotation; without a tag the layout must hold exactly one image. Every blob (index,
 //! manifest, config, layer) is verified against its digest as it is read.
+//!
+//! The layout was opened by [`super::local::open_allowed`] (below a directory the operator
+//! allowed); its files are opened from that descriptor, never by path, and must be regular
+//! files below it.
 
 use std::fs::File;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
 
 use oci_client::manifest::{ImageIndexEntry, OciImageIndex, OciImageManifest};
 use strata_sandbox::{Cancel, LogSink};
 
 use super::digest::{sha256_hex_of, verify_bytes};
-use super::image::{check_layer_media_type, offered_platforms, parse_config, select_platform, Platform};
+use super::image::{check_layer_media_type, json_problem, offered_platforms, parse_config, select_platform};
+use super::local::open_in_layout;
 use super::progress::{line, CountingReader, LayerProgress};
-use super::unpack::{unpack_layer_with, LayerCheck};
-use super::{FetchError, ImageConfig};
+use super::unpack::{unpack_layer_with, ByteBudget, LayerCheck};
+use super::{FetchError, FetchOptions, ImageConfig};
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 const MAX_METADATA_BYTES: u64 = 16 << 20;
@@ -33,26 +39,36 @@ fn unavailable(image: &str, reason: impl Into<String>) -> FetchError {
 }
 
 struct Layout<'a> {
+    dir: OwnedFd,
     root: &'a Path,
     image: &'a str,
 }
 
 impl Layout<'_> {
-    fn blob_path(&self, digest: &str) -> Result<PathBuf, FetchError> {
+    /// The blob's path relative to the layout.
+    fn blob_path(&self, digest: &str) -> Result<String, FetchError> {
         let hex = sha256_hex_of(digest).map_err(|e| unavailable(self.image, e))?;
-        Ok(self.root.join("blobs/sha256").join(hex))
+        Ok(format!("blobs/sha256/{hex}"))
     }
 
-    fn read_small(&self, path: &Path) -> Result<Vec<u8>, FetchError> {
-        let file = File::open(path).map_err(|e| unavailable(self.image, format!("reading {}: {e}", path.display())))?;
+    fn shown(&self, rel: &str) -> String {
+        self.root.join(rel).display().to_string()
+    }
+
+    fn open(&self, rel: &str) -> Result<File, FetchError> {
+        open_in_layout(self.dir.as_fd(), rel, self.image, &self.shown(rel))
+    }
+
+    fn read_small(&self, rel: &str) -> Result<Vec<u8>, FetchError> {
+        let file = self.open(rel)?;
         let mut bytes = Vec::new();
         file.take(MAX_METADATA_BYTES + 1)
             .read_to_end(&mut bytes)
-            .map_err(|e| unavailable(self.image, format!("reading {}: {e}", path.display())))?;
+            .map_err(|e| unavailable(self.image, format!("reading {}: {e}", self.shown(rel))))?;
         if bytes.len() as u64 > MAX_METADATA_BYTES {
             return Err(unavailable(
                 self.image,
-                format!("{} is larger than 16 MiB", path.display()),
+                format!("{} is larger than 16 MiB", self.shown(rel)),
             ));
         }
         Ok(bytes)
@@ -66,7 +82,8 @@ impl Layout<'_> {
     }
 
     fn parse<T: serde::de::DeserializeOwned>(&self, bytes: &[u8], what: &str) -> Result<T, FetchError> {
-        serde_json::from_slice(bytes).map_err(|e| unavailable(self.image, format!("{what} is not valid: {e}")))
+        serde_json::from_slice(bytes)
+            .map_err(|e| unavailable(self.image, format!("{what} is not valid: {}", json_problem(&e))))
     }
 }
 
@@ -96,18 +113,22 @@ fn pick_tagged<'a>(
     }
 }
 
+/// Reads the layout open at `dir` (named `path` in messages).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn fetch(
+    options: &FetchOptions,
+    dir: OwnedFd,
     path: &Path,
     tag: Option<&str>,
-    platform: &Platform,
     image: &str,
     rootfs: &Path,
     log: &dyn LogSink,
     cancel: &Cancel,
 ) -> Result<ImageConfig, FetchError> {
-    let layout = Layout { root: path, image };
+    let platform = &options.platform;
+    let layout = Layout { dir, root: path, image };
     line(log, &format!("reading OCI layout {}", path.display()));
-    let index_bytes = layout.read_small(&path.join("index.json"))?;
+    let index_bytes = layout.read_small("index.json")?;
     let index: OciImageIndex = layout.parse(&index_bytes, "index.json")?;
     let top = pick_tagged(&index, tag, image)?;
     let resolved_digest = top.digest.clone();
@@ -147,23 +168,24 @@ pub(crate) fn fetch(
     let config = parse_config(&config_bytes, image)?;
 
     let total = manifest.layers.len();
+    let mut used = 0u64;
     for (index, layer) in manifest.layers.iter().enumerate() {
         if cancel.is_cancelled() {
             return Err(FetchError::Cancelled(image.to_owned()));
         }
         check_layer_media_type(&layer.media_type).map_err(|e| unavailable(image, e))?;
-        let blob = layout.blob_path(&layer.digest)?;
-        let file =
-            File::open(&blob).map_err(|e| unavailable(image, format!("opening layer {}: {e}", blob.display())))?;
+        let file = layout.open(&layout.blob_path(&layer.digest)?)?;
         let size = u64::try_from(layer.size).ok();
         let mut progress = LayerProgress::start(log, index, total, &layer.digest, size);
         let check = LayerCheck {
             digest: Some(layer.digest.clone()),
             size,
             diff_id: None,
+            budget: ByteBudget::new(options.max_image_bytes, used),
         };
         let reader = CountingReader::new(std::io::BufReader::with_capacity(1 << 20, file), &mut progress);
         let stats = unpack_layer_with(reader, rootfs, &check, image, Some(cancel))?;
+        used = used.saturating_add(stats.charged);
         progress.finish(&stats);
     }
     Ok(ImageConfig {

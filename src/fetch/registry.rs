@@ -23,7 +23,7 @@ use super::digest::{sha256_hex_of, verify_bytes};
 use super::image::{check_layer_media_type, offered_platforms, parse_config, select_platform};
 use super::mirror::{endpoint_for, Endpoint};
 use super::progress::{line, short_digest, LayerProgress};
-use super::unpack::{unpack_layer_with, LayerCheck, UnpackStats};
+use super::unpack::{unpack_layer_with, ByteBudget, LayerCheck, UnpackStats};
 use super::{auth, FetchError, FetchOptions, ImageConfig};
 
 /// Chunks in flight between the download and the unpacker.
@@ -159,6 +159,7 @@ pub(crate) fn fetch(
     }
 
     let total = manifest.layers.len();
+    let mut used = 0u64;
     for (index, layer) in manifest.layers.iter().enumerate() {
         check_layer_media_type(&layer.media_type).map_err(|e| unavailable(image, e))?;
         sha256_hex_of(&layer.digest).map_err(|e| unavailable(image, e))?;
@@ -168,6 +169,7 @@ pub(crate) fn fetch(
             digest: Some(layer.digest.clone()),
             size,
             diff_id: None,
+            budget: ByteBudget::new(options.max_image_bytes, used),
         };
         let (tx, rx) = tokio::sync::mpsc::channel(CHANNEL_DEPTH);
         let (download, unpacked) = std::thread::scope(|scope| {
@@ -181,6 +183,7 @@ pub(crate) fn fetch(
             (download, unpacked)
         });
         let stats = combine(download, unpacked)?;
+        used = used.saturating_add(stats.charged);
         progress.finish(&stats);
     }
     line(log, &format!("pulled {} ({resolved_digest})", reference.whole()));
@@ -193,14 +196,16 @@ pub(crate) fn fetch(
     })
 }
 
-/// Which failure explains a layer best: a cancellation, then a failed digest or size
-/// check (the unpacker's `Unavailable`), then the transfer, then the unpacker.
+/// Which failure explains a layer best: a cancellation, then the image's size cap, then a
+/// failed digest or size check (the unpacker's `Unavailable`), then the transfer, then the
+/// unpacker.
 fn combine(
     download: Result<(), FetchError>,
     unpacked: Result<UnpackStats, FetchError>,
 ) -> Result<UnpackStats, FetchError> {
     match (download, unpacked) {
         (Err(e @ FetchError::Cancelled(_)), _) | (_, Err(e @ FetchError::Cancelled(_))) => Err(e),
+        (_, Err(e @ FetchError::TooLarge { .. })) => Err(e),
         (_, Err(e @ FetchError::Unavailable { .. })) => Err(e),
         (Err(e), _) => Err(e),
         (Ok(()), unpacked) => unpacked,

@@ -14,6 +14,11 @@
 //!   Neither is materialised.
 //! - Ownership, permission bits (setuid included), mtimes and xattrs (best-effort) are kept;
 //!   device nodes are made only when running as root.
+//! - `trusted.*` xattrs are dropped (noted in the log): they are the kernel's and overlayfs'
+//!   own metadata (`trusted.overlay.opaque`, `redirect`, `metacopy`...), never an image's to set.
+//! - An image unpacks to at most its budget ([`ByteBudget`]): file contents (holes of sparse
+//!   files included, as they are written out) plus [`ENTRY_COST`] bytes per entry. The layer
+//!   stops with an error naming the image and the cap before a byte past it is written.
 //!
 //! Errors leave a partly unpacked rootfs behind: the caller discards the whole item.
 
@@ -43,6 +48,37 @@ pub struct UnpackStats {
     pub skipped_devices: u64,
     /// Things worth a line in the step log (skipped entries, ignored metadata).
     pub notes: Vec<String>,
+    /// What the layer cost against the image's budget (see [`ByteBudget`]).
+    pub charged: u64,
+}
+
+/// What each tar entry costs against the budget, besides its contents (a header's size), so
+/// that millions of empty files count too.
+pub const ENTRY_COST: u64 = 512;
+
+/// The cap on the bytes one image unpacks to, all layers together, and what the layers
+/// before this one used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteBudget {
+    pub cap: u64,
+    pub used: u64,
+}
+
+impl ByteBudget {
+    /// `None` (no cap) when `cap` is 0.
+    pub fn new(cap: u64, used: u64) -> Option<ByteBudget> {
+        (cap > 0).then_some(ByteBudget { cap, used })
+    }
+}
+
+/// `n` bytes in the largest binary unit that divides it (`64 MiB`, `1000 bytes`).
+pub fn show_bytes(n: u64) -> String {
+    for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
+        if n >= 1 << shift && n % (1 << shift) == 0 {
+            return format!("{} {unit}", n >> shift);
+        }
+    }
+    format!("{n} bytes")
 }
 
 /// Unpacks one layer (compressed or not) into `rootfs`.
@@ -59,6 +95,8 @@ pub struct LayerCheck {
     pub size: Option<u64>,
     /// Digest of the uncompressed tar (docker-archive layers are named by it).
     pub diff_id: Option<String>,
+    /// The image's cap on unpacked bytes; `None` for none.
+    pub budget: Option<ByteBudget>,
 }
 
 /// Unpacks a layer, verifying it against `check`, and naming `label` (the image reference)
@@ -78,13 +116,17 @@ pub fn unpack_layer_with(
         let decompressed = decompress(&mut raw).map_err(|e| io_error("reading layer", e))?;
         let mut plain = VerifyingReader::new(decompressed, check.diff_id.clone(), None, None);
         plain_check = Some(plain.check());
-        let mut unpacker = Unpacker::new(rootfs, label, cancel)?;
+        let mut unpacker = Unpacker::new(rootfs, label, cancel, check.budget)?;
         unpacker.run(&mut plain)?;
         io::copy(&mut plain, &mut io::sink()).map_err(|e| io_error("reading layer", e))?;
         drop(plain);
         io::copy(&mut raw, &mut io::sink()).map_err(|e| io_error("reading layer", e))?;
         Ok(unpacker.stats)
     })();
+    if matches!(result, Err(FetchError::TooLarge { .. })) {
+        // Reading a bomb to its end to check its digest would take what the cap saves.
+        return result;
+    }
     if result.is_err() && !matches!(result, Err(FetchError::Cancelled(_))) {
         // A blob that does not match its digest explains a decompression or tar error
         // better than the error itself: read it to its end (bounded by the descriptor's
@@ -162,6 +204,7 @@ fn cstring(bytes: &[u8]) -> Option<CString> {
 }
 
 const OPAQUE: &[u8] = b".wh..wh..opq";
+const TRUSTED_XATTR: &[u8] = b"trusted.";
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const COPY_BUFFER: usize = 1 << 20;
 
@@ -188,10 +231,16 @@ struct Unpacker<'a> {
     buffer: Vec<u8>,
     stats: UnpackStats,
     chown_warned: bool,
+    budget: Option<ByteBudget>,
 }
 
 impl<'a> Unpacker<'a> {
-    fn new(rootfs: &Path, label: &'a str, cancel: Option<&'a Cancel>) -> Result<Unpacker<'a>, FetchError> {
+    fn new(
+        rootfs: &Path,
+        label: &'a str,
+        cancel: Option<&'a Cancel>,
+        budget: Option<ByteBudget>,
+    ) -> Result<Unpacker<'a>, FetchError> {
         let root = fsat::open_root(rootfs).map_err(|e| io_error(&format!("opening rootfs {}", rootfs.display()), e))?;
         Ok(Unpacker {
             root,
@@ -204,7 +253,24 @@ impl<'a> Unpacker<'a> {
             buffer: vec![0; COPY_BUFFER],
             stats: UnpackStats::default(),
             chown_warned: false,
+            budget,
         })
+    }
+
+    /// Counts `n` more bytes against the image's budget; fails, before they are written, when
+    /// they would pass the cap.
+    fn charge(&mut self, n: u64) -> Result<(), FetchError> {
+        let charged = self.stats.charged.saturating_add(n);
+        if let Some(budget) = self.budget {
+            if budget.used.saturating_add(charged) > budget.cap {
+                return Err(FetchError::TooLarge {
+                    reference: self.label.to_owned(),
+                    cap: show_bytes(budget.cap),
+                });
+            }
+        }
+        self.stats.charged = charged;
+        Ok(())
     }
 
     fn refuse(&self, entry: &[u8], reason: &str) -> FetchError {
@@ -233,6 +299,7 @@ impl<'a> Unpacker<'a> {
                 return Err(FetchError::Cancelled(self.label.to_owned()));
             }
             let entry = entry.map_err(|e| io_error("reading layer", e))?;
+            self.charge(ENTRY_COST)?;
             self.entry(entry)?;
             self.stats.entries += 1;
         }
@@ -352,7 +419,7 @@ impl<'a> Unpacker<'a> {
         Ok(())
     }
 
-    fn metadata<R: Read>(&self, raw_path: &[u8], entry: &mut tar::Entry<'_, R>) -> Result<Metadata, FetchError> {
+    fn metadata<R: Read>(&mut self, raw_path: &[u8], entry: &mut tar::Entry<'_, R>) -> Result<Metadata, FetchError> {
         let header = entry.header();
         let old = header.as_old();
         // An empty numeric field reads as 0, as in Go's archive/tar (some tools write them).
@@ -363,6 +430,7 @@ impl<'a> Unpacker<'a> {
         let mut gid = numeric(&old.gid, header.gid()).map_err(|e| self.entry_io(raw_path, "reading group of", e))?;
         let mut mtime = (header.mtime().unwrap_or(0) as i64, 0u32);
         let mut xattrs = Vec::new();
+        let mut dropped = Vec::new();
         if let Some(pax) = entry
             .pax_extensions()
             .map_err(|e| self.entry_io(raw_path, "reading", e))?
@@ -372,7 +440,9 @@ impl<'a> Unpacker<'a> {
                 let key = ext.key_bytes();
                 let value = ext.value_bytes();
                 if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                    if let Some(name) = cstring(name) {
+                    if name.starts_with(TRUSTED_XATTR) {
+                        dropped.push(String::from_utf8_lossy(name).into_owned());
+                    } else if let Some(name) = cstring(name) {
                         xattrs.push((name, value.to_vec()));
                     }
                 } else if key == b"uid" {
@@ -383,6 +453,12 @@ impl<'a> Unpacker<'a> {
                     mtime = parse_pax_time(value).unwrap_or(mtime);
                 }
             }
+        }
+        for name in dropped {
+            self.stats.notes.push(format!(
+                "xattr {name} of {:?} dropped: trusted.* xattrs are never taken from images",
+                String::from_utf8_lossy(raw_path)
+            ));
         }
         let uid = u32::try_from(uid).map_err(|_| self.refuse(raw_path, "has an owner id above 2^32"))?;
         let gid = u32::try_from(gid).map_err(|_| self.refuse(raw_path, "has a group id above 2^32"))?;
@@ -475,6 +551,7 @@ impl<'a> Unpacker<'a> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(io_error("reading layer", e)),
             };
+            self.charge(n as u64)?;
             file.write_all(&self.buffer[..n])
                 .map_err(|e| self.entry_io(raw_path, "writing", e))?;
             self.stats.bytes += n as u64;
@@ -650,6 +727,94 @@ mod tests {
         assert_eq!(parse_pax_time(b"12.5"), Some((12, 500_000_000)));
         assert_eq!(parse_pax_time(b"7"), Some((7, 0)));
         assert_eq!(parse_pax_time(b"x"), None);
+    }
+
+    fn layer_with(name: &str, data: &[u8], pax: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        if !pax.is_empty() {
+            builder.append_pax_extensions(pax.iter().copied()).unwrap();
+        }
+        let mut h = tar::Header::new_ustar();
+        h.set_path(name).unwrap();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        builder.append(&h, data).unwrap();
+        builder.into_inner().unwrap()
+    }
+
+    #[test]
+    fn the_budget_stops_a_layer_before_the_cap() {
+        let root = tempfile::tempdir().unwrap();
+        let zeros = vec![0u8; 3 << 20];
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&layer_with("big", &zeros, &[])).unwrap();
+        let gz = gz.finish().unwrap();
+        assert!(gz.len() < 64 << 10);
+        let check = LayerCheck {
+            budget: ByteBudget::new(1 << 20, 0),
+            ..LayerCheck::default()
+        };
+        let err = unpack_layer_with(&gz[..], root.path(), &check, "img:bomb", None).unwrap_err();
+        assert!(
+            matches!(&err, FetchError::TooLarge { reference, cap } if reference == "img:bomb" && cap == "1 MiB"),
+            "{err}"
+        );
+        let written = std::fs::metadata(root.path().join("big")).unwrap().len();
+        assert!(written <= 1 << 20, "{written} bytes written past the cap");
+        // Earlier layers count: what is left of the budget is what this layer may use.
+        let check = LayerCheck {
+            budget: ByteBudget::new(4 << 20, 2 << 20),
+            ..LayerCheck::default()
+        };
+        let root = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            unpack_layer_with(&gz[..], root.path(), &check, "img", None),
+            Err(FetchError::TooLarge { .. })
+        ));
+        let check = LayerCheck {
+            budget: ByteBudget::new(4 << 20, 0),
+            ..LayerCheck::default()
+        };
+        let stats = unpack_layer_with(&gz[..], root.path(), &check, "img", None).unwrap();
+        assert_eq!(stats.charged, (3 << 20) + ENTRY_COST);
+        assert_eq!(ByteBudget::new(0, 5), None, "0 is no cap");
+        assert_eq!(show_bytes(50 << 30), "50 GiB");
+        assert_eq!(show_bytes(1000), "1000 bytes");
+    }
+
+    #[test]
+    fn trusted_xattrs_are_dropped() {
+        let root = tempfile::tempdir().unwrap();
+        let layer = layer_with(
+            "f",
+            b"x",
+            &[
+                ("SCHILY.xattr.trusted.overlay.opaque", b"y"),
+                ("SCHILY.xattr.user.kept", b"1"),
+            ],
+        );
+        let stats = unpack_layer(&layer[..], root.path()).unwrap();
+        assert!(
+            stats
+                .notes
+                .iter()
+                .any(|n| n.contains("trusted.overlay.opaque") && n.contains("dropped")),
+            "{:?}",
+            stats.notes
+        );
+        let path = fsat::path_cstring(&root.path().join("f")).unwrap();
+        let mut buf = [0u8; 16];
+        // SAFETY: valid strings and buffer.
+        let n = unsafe {
+            libc::lgetxattr(
+                path.as_ptr(),
+                c"trusted.overlay.opaque".as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        assert!(n < 0, "trusted.overlay.opaque was applied");
     }
 
     #[test]

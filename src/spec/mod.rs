@@ -10,6 +10,7 @@ pub mod ast;
 pub mod dockerfile;
 pub mod error;
 pub mod format;
+pub mod lint;
 pub mod parse;
 pub mod print;
 pub mod reader;

@@ -23,10 +23,15 @@ pub fn parse_spec(file: &Path, text: &str) -> Result<Spec, SpecError> {
     parse_node(file, &document.root)
 }
 
-/// Reads, parses and validates a spec file.
+/// Reads, parses and validates a spec file for building: besides [`parse_spec`]'s rules, it
+/// refuses what a build cannot honour (see [`super::lint`]; `check` only warns about those).
 pub fn load_spec(file: &Path) -> Result<Spec, SpecError> {
     let text = read_spec_file(file)?;
-    parse_spec(file, &text)
+    let spec = parse_spec(file, &text)?;
+    if let Some(problem) = super::lint::exclude_problems(file, &text).into_iter().next() {
+        return Err(problem);
+    }
+    Ok(spec)
 }
 
 /// Reads a spec file as UTF-8 text; a file that is not UTF-8 is an error naming it.
