@@ -741,6 +741,73 @@ fn prune_caches_alone_was_refused() {
     env.verify_clean();
 }
 
+/// `prune --caches --dry-run` lists the caches that would go (with the items that would), and
+/// removes nothing.
+///
+/// Pins: the dry run said nothing of caches: they were only looked at when pruning for real,
+/// so `caches_removed` was empty and no "Would remove cache" line was printed (it failed here
+/// on the old code: `caches_removed` was `[]`).
+#[test]
+fn prune_caches_dry_run_listed_no_caches() {
+    let env = Env::new(Backend::Overlayfs);
+    let ctx = env.context("ctx");
+    let spec = env.spec("cache.spec", CACHE_SPEC);
+    env.build_ok(&spec, &ctx, &[]);
+    let items = ids(&env);
+    let mut names = cache_names(&env);
+    names.sort();
+    assert_eq!(names, ["build-tmp", "downloads"]);
+    let sorted = |report: &serde_json::Value, key: &str| -> Vec<String> {
+        let mut list: Vec<String> = report[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("no {key}: {report}"))
+            .iter()
+            .map(|c| {
+                c.as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| c["id"].as_str().unwrap().to_owned())
+            })
+            .collect();
+        list.sort();
+        list
+    };
+
+    // Caches alone.
+    let out = env.strata(&["prune", "--caches", "--dry-run", "--json"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let report = json_of(&out);
+    assert_eq!(report["dry_run"], true, "{report}");
+    assert_eq!(sorted(&report, "caches_removed"), names, "{report}");
+    assert_eq!(report["removed"], serde_json::json!([]), "{report}");
+    let out = env.strata(&["prune", "--caches", "--dry-run"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    for name in &names {
+        assert!(
+            stdout(&out).contains(&format!("Would remove cache {name}")),
+            "{}",
+            stdout(&out)
+        );
+    }
+    assert!(!stdout(&out).contains("Removed"), "{}", stdout(&out));
+
+    // With the items.
+    let out = env.strata(&["prune", "--older-than", "0s", "--caches", "--dry-run", "--json"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let report = json_of(&out);
+    assert_eq!(sorted(&report, "caches_removed"), names, "{report}");
+    assert_eq!(sorted(&report, "removed"), items, "{report}");
+
+    // Nothing went.
+    let mut after = cache_names(&env);
+    after.sort();
+    assert_eq!(after, names, "a dry run removed caches");
+    assert_eq!(ids(&env), items, "a dry run removed items");
+    let out = env.strata(&["prune", "--caches", "--json"]);
+    assert_eq!(sorted(&json_of(&out), "caches_removed"), names);
+    assert!(cache_names(&env).is_empty());
+    env.verify_clean();
+}
+
 /// `prune --max-used SIZE` removes least-recently-used leaves until the items' recorded sizes
 /// add up to at most SIZE, and no further; nothing when they already do.
 #[test]

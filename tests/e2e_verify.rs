@@ -14,7 +14,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{stderr, stdout, Backend, Env};
+use common::{count, stderr, stdout, Backend, Env};
 use serde_json::Value;
 use strata_stores::owner::{FileLock, LockMode};
 
@@ -23,13 +23,12 @@ const DEAD_TAG: &str = "1.deadbeef";
 /// An id that is not in the store.
 const GHOST: &str = "abababababababababababababababababababababababababababababababab";
 
+const CHAIN_SPEC: &str = r#"((from busybox) (run (shell "echo a > /a")) (run (shell "echo b > /b")))"#;
+
 /// Builds a 3-item chain (base, run, run): returns (ids of the chain, leaf first).
 fn chain(env: &Env) -> Vec<String> {
     let ctx = env.context("ctx");
-    let spec = env.spec(
-        "chain.spec",
-        r#"((from busybox) (run (shell "echo a > /a")) (run (shell "echo b > /b")))"#,
-    );
+    let spec = env.spec("chain.spec", CHAIN_SPEC);
     let leaf = env.build_ok(&spec, &ctx, &[]).0;
     let mut ids = vec![leaf];
     loop {
@@ -247,6 +246,113 @@ fn interrupted_delete(backend: Backend) {
     assert!(row(&env, &ids[0]).is_none());
 }
 
+/// Every id in the database, sorted.
+fn all_ids(env: &Env) -> Vec<String> {
+    let mut ids: Vec<String> = rows(env)
+        .iter()
+        .map(|r| r["id"].as_str().expect("an id").to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Building the chain again is fully cached and ends at `leaf`.
+fn rebuild_is_cached(env: &Env, leaf: &str) {
+    let (id, log) = env.build_ok(&env.spec("chain.spec", CHAIN_SPEC), &env.context("ctx"), &[]);
+    assert_eq!(id, leaf, "the rebuild changed the id");
+    assert_eq!(
+        count(&log, "---> saved as"),
+        0,
+        "the rebuild was not fully cached:\n{log}"
+    );
+}
+
+/// The row of the middle of a chain lost (a `kill -9` between commit and insert, or a
+/// database restored from before it): repair adopts the middle item back from its
+/// `strata.json`, and everything else stays. The leaf's parent is not missing: it is in the
+/// store, and repair records it.
+///
+/// Pins: repair adopted the middle item but, in the same pass, judged the leaf's parent
+/// against the rows read before the adoption: the leaf was reported as `missing_parent` and
+/// deleted with all its descendants (it failed here on the old code: verify reported
+/// `missing_parent` for the leaf, and after `--repair` the leaf was gone).
+fn repair_of_a_lost_row_deleted_the_children(backend: Backend) {
+    let env = Env::new(backend);
+    let ids = chain(&env);
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    let before = all_ids(&env);
+    db(&env)
+        .execute("DELETE FROM builds WHERE id = ?1", [&ids[1]])
+        .expect("deleting a row");
+
+    let (code, report) = verify(&env, &[]);
+    assert_eq!(code, 1, "verify must fail on a lost row: {report}");
+    assert!(has(&report, "result_without_row", "id", &ids[1]), "{report}");
+    assert!(
+        !has(&report, "missing_parent", "id", &ids[0]),
+        "the leaf's parent is in the store, not missing: {report}"
+    );
+
+    let (code, repaired) = verify(&env, &["--repair"]);
+    assert_eq!(code, 0, "verify --repair must fix it: {repaired}");
+    assert_eq!(repaired["remaining"], serde_json::json!([]), "{repaired}");
+    let repairs = repaired["repairs"].to_string();
+    assert!(repairs.contains(&format!("adopted {}", ids[1])), "{repaired}");
+    assert!(!repairs.contains("removed"), "repair removed a good item: {repaired}");
+
+    assert_eq!(all_ids(&env), before, "every item is still recorded");
+    for id in &ids {
+        assert!(item(&env, id).exists(), "{id} is gone from the store");
+    }
+    assert_eq!(row(&env, &ids[1]).expect("adopted")["parent"], ids[2].as_str());
+    assert_eq!(row(&env, &ids[0]).expect("kept")["parent"], ids[1].as_str());
+    let (code, after) = verify(&env, &[]);
+    assert_eq!((code, &after["problems"]), (0, &serde_json::json!([])), "{after}");
+    rebuild_is_cached(&env, &ids[0]);
+}
+
+/// An item without a row whose parent is gone too, row and item (what a prune that saw the
+/// parent as a leaf, or damage, leaves): it cannot be adopted, its chain is incomplete.
+/// Repair removes it in one pass, and the rest of the chain stays.
+///
+/// Pins: repair adopted it with a parent nothing records, so `verify` right after the repair
+/// still failed with `missing_parent` (btrfs), or verify failed outright mounting a layer
+/// whose parent is gone (overlayfs) (it failed here on the old code: the first `verify` did
+/// not report `missing_parent`).
+fn repair_adopted_an_item_whose_parent_is_gone(backend: Backend) {
+    let env = Env::new(backend);
+    let ids = chain(&env);
+    let (leaf, middle, base) = (&ids[0], &ids[1], &ids[2]);
+    unprotect(&env, backend, leaf);
+    unprotect(&env, backend, middle);
+    let middle_item = item(&env, middle);
+    match backend {
+        Backend::Btrfs => run("btrfs", &["subvolume", "delete", &middle_item.to_string_lossy()]),
+        _ => {
+            std::fs::remove_dir_all(&middle_item).unwrap_or_else(|e| panic!("removing {}: {e}", middle_item.display()))
+        }
+    }
+    let db = db(&env);
+    for id in [leaf, middle] {
+        db.execute("DELETE FROM builds WHERE id = ?1", [id])
+            .expect("deleting a row");
+    }
+    drop(db);
+
+    found_then_repaired(
+        &env,
+        &[("result_without_row", "id", leaf), ("missing_parent", "id", leaf)],
+    );
+    assert!(row(&env, leaf).is_none());
+    assert!(!item(&env, leaf).exists());
+    assert_eq!(all_ids(&env), std::slice::from_ref(base));
+    assert!(item(&env, base).exists());
+    // The chain builds again on what is left.
+    let (id, _) = env.build_ok(&env.spec("chain.spec", CHAIN_SPEC), &env.context("ctx"), &[]);
+    assert_eq!(&id, leaf);
+    env.verify_clean();
+}
+
 fn stale_result_tmp(backend: Backend) {
     stale_temporaries(backend, "result-tmp");
 }
@@ -274,4 +380,6 @@ cases!(
     stale_cache_tmp,
     half_deleted_item,
     interrupted_delete,
+    repair_of_a_lost_row_deleted_the_children,
+    repair_adopted_an_item_whose_parent_is_gone,
 );

@@ -55,6 +55,7 @@ pub struct PruneReport {
     pub bytes_freed: u64,
     /// Candidates skipped because a build holds them.
     pub skipped_in_use: usize,
+    /// Caches removed (with `dry_run`: the caches that would be).
     pub caches_removed: Vec<String>,
     pub seconds: f64,
     pub dry_run: bool,
@@ -108,6 +109,10 @@ impl Builder {
         let mut used_total: u64 = self.db().list()?.iter().map(|r| r.size).sum();
         if options.dry_run {
             self.plan_prune(options, start_free, &mut used_total, &mut report, on_remove)?;
+            if options.caches {
+                // Each would be tried; one a build holds then may be skipped (Busy).
+                report.caches_removed = self.store().list_caches()?;
+            }
         } else {
             let mut skipped: HashSet<String> = HashSet::new();
             loop {

@@ -4,16 +4,18 @@
 //! `strata verify [--repair]`: every row has a committed result, every result has a row and
 //! is whole, every parent exists, no temporary outlived its process, SQLite itself is sound.
 //! A `kill -9` between commit and insert leaves a result without a row: it is adopted from
-//! the `strata.json` the item carries. A result deleted behind strata's back takes its row,
-//! and its descendants, with it; so does an item that lost part of itself (a delete cut
-//! short). `verify` opens the store without its start-up removal of dead temporaries
+//! the `strata.json` the item carries, and what was built on it stays (a parent adopted in
+//! the same pass counts as recorded); one whose parent is gone too cannot be adopted, and
+//! goes with what was built on it. A result deleted behind strata's back takes its row, and
+//! its descendants, with it; so does an item that lost part of itself (a delete cut short).
+//! `verify` opens the store without its start-up removal of dead temporaries
 //! ([`strata_stores::Leftovers::Keep`]), so those are reported here before anything removes
 //! them; temporaries of live processes are never reported.
 //!
 //! Leftover containers and bundles of dead processes are the sandbox's to find; `verify`
 //! adds them to the same report.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use strata_stores::StepId;
 
@@ -78,8 +80,11 @@ impl Builder {
                 }
             }
         }
-        let results: BTreeSet<StepId> = store.list_results()?.into_iter().collect();
+        // Rows before items: a build commits its item before it records it, so an item
+        // committed between the two reads is seen without its row (and adopted, which is
+        // harmless), never a row without its item (which would be removed).
         let rows = self.db().list()?;
+        let results: BTreeSet<StepId> = store.list_results()?.into_iter().collect();
         let row_ids: HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
         let mut doomed: Vec<String> = Vec::new();
 
@@ -109,35 +114,48 @@ impl Builder {
             }
         }
 
+        // Items without a row: adoptable when their `strata.json` says how they were made.
+        let mut adoptable: BTreeMap<StepId, ItemMeta> = BTreeMap::new();
         for id in &results {
             if row_ids.contains(id.as_str()) || incomplete.contains(id) {
                 continue;
             }
             report.problems.push(Problem::ResultWithoutRow { id: id.to_string() });
-            if repair {
-                let item = store.result(id)?;
-                match item.as_deref().and_then(ItemMeta::read) {
-                    Some(meta) => {
-                        let parent: Option<StepId> = meta.parent.as_deref().and_then(|p| p.parse().ok());
-                        self.db().insert_build(&NewBuild {
-                            id,
-                            parent: parent.as_ref(),
-                            size: 0,
-                            duration_ms: meta.duration_ms,
-                            op: &meta.op,
-                            base_digest: meta.base_digest.as_deref(),
-                        })?;
-                        report.repairs.push(format!("adopted {id} (committed, never recorded)"));
+            match self.item_meta(id)? {
+                Some(meta) => {
+                    adoptable.insert(id.clone(), meta);
+                }
+                None if repair => {
+                    if let Some(lease) = self.leases().try_exclusive(id)? {
+                        store.delete(id)?;
+                        lease.removed();
+                        report
+                            .repairs
+                            .push(format!("removed {id} (no record of how it was made)"));
                     }
-                    None => {
-                        if let Some(lease) = self.leases().try_exclusive(id)? {
-                            store.delete(id)?;
-                            lease.removed();
-                            report
-                                .repairs
-                                .push(format!("removed {id} (no record of how it was made)"));
-                        }
-                    }
+                }
+                None => {}
+            }
+        }
+
+        // A parent is recorded when it has a row or is adopted in this pass: judging parents
+        // by the rows alone would take an adopted item's children for orphans.
+        let recorded: HashSet<&str> = row_ids
+            .iter()
+            .copied()
+            .chain(adoptable.keys().map(StepId::as_str))
+            .collect();
+        let mut unadoptable: HashSet<&StepId> = HashSet::new();
+        for (id, meta) in &adoptable {
+            if let Some(parent) = &meta.parent {
+                if !recorded.contains(parent.as_str()) {
+                    // Its chain is gone: removed (with what was built on it) below.
+                    report.problems.push(Problem::MissingParent {
+                        id: id.to_string(),
+                        parent: parent.clone(),
+                    });
+                    unadoptable.insert(id);
+                    doomed.push(id.to_string());
                 }
             }
         }
@@ -153,7 +171,7 @@ impl Builder {
                 doomed.push(row.id.clone());
             }
             if let Some(parent) = &row.parent {
-                if !row_ids.contains(parent.as_str()) {
+                if !recorded.contains(parent.as_str()) {
                     report.problems.push(Problem::MissingParent {
                         id: row.id.clone(),
                         parent: parent.clone(),
@@ -163,12 +181,36 @@ impl Builder {
             }
         }
         if repair {
+            // Adopted before anything is removed: an adopted item built on a removed one is
+            // then found as its child, and goes with it.
+            for (id, meta) in &adoptable {
+                // Recorded meanwhile by the build that committed it: its row says more.
+                if unadoptable.contains(id) || self.db().get(id.as_str())?.is_some() {
+                    continue;
+                }
+                let parent: Option<StepId> = meta.parent.as_deref().and_then(|p| p.parse().ok());
+                self.db().insert_build(&NewBuild {
+                    id,
+                    parent: parent.as_ref(),
+                    size: 0,
+                    duration_ms: meta.duration_ms,
+                    op: &meta.op,
+                    base_digest: meta.base_digest.as_deref(),
+                })?;
+                report.repairs.push(format!("adopted {id} (committed, never recorded)"));
+            }
             let mut seen = HashSet::new();
             doomed.retain(|id| seen.insert(id.clone()));
+            let mut gone: HashSet<String> = HashSet::new();
             for id in doomed {
+                // Gone already, as a descendant of one removed before.
+                if gone.contains(&id) {
+                    continue;
+                }
                 // Descendants of a lost item cannot be trusted on every store (an overlay
                 // layer needs its parents): remove them, children first.
                 for removed in self.delete_tree(&id, &mut |_| {})? {
+                    gone.insert(removed.clone());
                     report
                         .repairs
                         .push(format!("removed {removed} (its chain was incomplete)"));
@@ -176,6 +218,20 @@ impl Builder {
             }
         }
         Ok(report)
+    }
+
+    /// What an item's `strata.json` says of how it was made, if it says.
+    ///
+    /// Read from the item's directory (`result/<id>/`, the OBuilder layout) where it is
+    /// there, without asking the store for the item: that would mount the overlay store's
+    /// view, which fails for an item whose parent layer is gone. Else (a ZFS dataset not
+    /// mounted) through [`strata_stores::Store::result`].
+    fn item_meta(&self, id: &StepId) -> Result<Option<ItemMeta>, BuildError> {
+        let dir = self.store().root().join("result").join(id.as_str());
+        if let Some(meta) = ItemMeta::read(&dir) {
+            return Ok(Some(meta));
+        }
+        Ok(self.store().result(id)?.as_deref().and_then(ItemMeta::read))
     }
 
     /// Deletes `id` and every descendant, children first; `on_delete` sees each id just

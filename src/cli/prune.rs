@@ -67,7 +67,7 @@ pub fn print_report(report: &PruneReport, json: bool) {
         report.skipped_in_use
     );
     for cache in &report.caches_removed {
-        println!("Removed cache {cache}");
+        println!("{verb} cache {cache}");
     }
 }
 
