@@ -68,11 +68,12 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     Ok((value * scale) as u64)
 }
 
-/// The smallest `--memory` accepted. Below it a step cannot even start: the runtime's own
-/// init process and the shell run inside the step's cgroup, and runc and crun fail obscurely
-/// (the kernel OOM-kills `runc init`, or the container exits 137 before the command runs).
-/// Docker's floor is 6 MiB; with runc 1.1 on these hosts a busybox step needs about that much,
-/// so strata takes the same floor and says so, rather than letting the step fail at run time.
+/// The smallest `--memory` accepted: Docker's floor, 6 MiB. The runtime's own init process
+/// runs in the step's cgroup before the command starts, and runc 1.1 (measured on Debian 12)
+/// fails below that obscurely: at 1-2 MiB the kernel refuses the limit ("unable to set memory
+/// limit ... current usage: 2232320"), at 3 MiB `runc init` is OOM-killed ("container process
+/// is already dead"), at 4 MiB a busybox `echo` barely runs. Refused when the flag is read
+/// instead, with the reason.
 pub const MIN_MEMORY: u64 = 6 << 20;
 
 /// The smallest `--cpus`: a CFS quota below 1 ms per 100 ms period is refused by the kernel.
