@@ -3,8 +3,9 @@
 //! against a real store (root: mounts, runc).
 //!
 //! Every test here failed on the code before its fix (d726ff4, the commit before issue 15's
-//! fetch work); each test's comment says how. To see it again, point the tests at an older
-//! binary: `STRATA_SECURITY_BIN=/path/to/old/strata cargo test --test security_fetch`.
+//! fetch work); each test's comment says how. To see it again, point the tests at a binary
+//! built from that commit: `STRATA_SECURITY_BIN=/path/to/old/strata cargo test --test
+//! security_fetch`.
 
 mod common;
 
@@ -129,20 +130,26 @@ fn docker_archive_of_a_host_file_is_refused_and_never_echoed() {
     let secret_dir = private_dir(&env, "private");
     let secret = secret_dir.join("shadow");
     let mark = marker();
-    let content =
-        format!("root:$6${mark}$Zq0w9sPasswordHashMaterial:19700:0:99999:7:::\ndaemon:*:19700:0:99999:7:::\n");
+    // At least a tar block (512 bytes), as a real /etc/shadow is: the tar reader then parses
+    // its first 512 bytes as a header.
+    let mut content = format!("root:$6${mark}$Zq0w9sPasswordHashMaterial:19700:0:99999:7:::\n");
+    for user in 0..20 {
+        content.push_str(&format!(
+            "user{user}:$6$salt{user}$hash{mark}{user}:19700:0:99999:7:::\n"
+        ));
+    }
     std::fs::write(&secret, &content).unwrap();
 
     let spec = from_only(&env, "shadow.spec", &format!("docker-archive:{}", secret.display()));
     let out = build(&env, &spec, &ctx, &[]);
     assert!(!out.status.success(), "{}", all_output(&out));
+    assert!(!all_output(&out).contains(&mark), "{}", all_output(&out));
+    assert_never_echoed(&out, content.as_bytes(), 8);
     assert!(
         all_output(&out).contains("--allow-local-images"),
         "{}",
         all_output(&out)
     );
-    assert!(!all_output(&out).contains(&mark));
-    assert_never_echoed(&out, content.as_bytes(), 8);
 
     // Allowed by the operator, but not an archive: still never quoted.
     let out = build(
@@ -315,9 +322,10 @@ fn sparse_bomb_layer(dir: &Path) -> Vec<u8> {
 }
 
 /// Attack: a 2 KB-ish layer that unpacks to 64 MiB (a sparse file: the holes are written out
-/// as zeros). Before the fix there was no cap at all (and no `--max-image-size`): any size was
-/// written to the store. Now a 16 MiB cap stops it, naming the image and the cap, and the
-/// default cap lets it through.
+/// as zeros). Before the fix there was no cap at all: this test failed at its first build
+/// (`--allow-local-images` and `--max-image-size` did not exist), and the old binary, given the
+/// same archive without flags, wrote all 64 MiB of `bomb` into the store. Now a 16 MiB cap
+/// stops it, naming the image and the cap, and the default cap (50 GiB) lets it through.
 #[test]
 fn sparse_layer_bomb_is_stopped_by_the_cap() {
     let env = Env::new(Backend::Overlayfs);
@@ -379,9 +387,11 @@ fn has_xattr(path: &Path, name: &str) -> bool {
 }
 
 /// Attack: a layer sets `trusted.overlay.opaque` (overlayfs' own metadata) and another
-/// `trusted.*` xattr. Before the fix both were applied to the unpacked files. Now `trusted.*`
-/// xattrs are dropped (and said so in the log); the rootfs is inspected on an rsync store,
-/// where it is a plain directory.
+/// `trusted.*` xattr. Before the fix both were applied to the unpacked files (this test failed
+/// at its build, `--allow-local-images` did not exist; the old binary without it left
+/// `trusted.overlay.opaque` on `d` and `trusted.strata.test` on `d/f` in the store). Now
+/// `trusted.*` xattrs are dropped (and said so in the log); the rootfs is inspected on an
+/// rsync store, where it is a plain directory.
 #[test]
 fn trusted_xattrs_from_layers_are_not_applied() {
     let env = Env::new(Backend::Rsync);

@@ -76,14 +76,11 @@ impl<'a> Archive<'a> {
                 unavailable(image, format!("reading {}: {e}", path.display()))
             } else {
                 // The tar reader's own message quotes header fields: never show it.
-                unavailable(
-                    image,
-                    format!(
-                        "{} is not a docker archive: not a valid tar file ({})",
-                        path.display(),
-                        e.kind()
-                    ),
-                )
+                let how = match e.kind() {
+                    std::io::ErrorKind::UnexpectedEof => "a truncated tar file",
+                    _ => "not a valid tar file",
+                };
+                unavailable(image, format!("{} is not a docker archive: {how}", path.display()))
             }
         };
         let mut members = HashMap::new();
