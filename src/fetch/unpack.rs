@@ -74,7 +74,7 @@ impl ByteBudget {
 /// `n` bytes in the largest binary unit that divides it (`64 MiB`, `1000 bytes`).
 pub fn show_bytes(n: u64) -> String {
     for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
-        if n >= 1 << shift && n % (1 << shift) == 0 {
+        if n >= 1 << shift && n.trailing_zeros() >= shift {
             return format!("{} {unit}", n >> shift);
         }
     }
