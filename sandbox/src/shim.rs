@@ -283,6 +283,9 @@ unsafe fn shim_main(args: &ChildArgs) -> ! {
     }
     libc::close(args.output);
     libc::close(args.stdin);
+    // A report to a strata that died must not kill the shim (SIGPIPE) before it has killed and
+    // reaped the step. Set only now: the runtime, forked above, keeps the default.
+    libc::signal(libc::SIGPIPE, libc::SIG_IGN);
 
     let mut status = 0;
     loop {
@@ -310,8 +313,7 @@ unsafe fn shim_main(args: &ChildArgs) -> ! {
     // From here on the shim alone holds the step: should strata die (kill -9, a crash), the
     // read end of the events pipe closes and the step is killed (SIGKILL to the init of its
     // pid namespace ends every process in it); the next strata command deletes the stopped
-    // container. A write to the closed pipe must not kill the shim before it has reaped.
-    libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    // container.
     wait_for_init(args.events, init);
     reap_all_and_exit();
 }
@@ -583,6 +585,55 @@ mod tests {
             events: File::open("/dev/null").unwrap(),
         }
         .reap();
+    }
+
+    /// strata killed while the runtime was still creating the container: the shim's first
+    /// report hit a closed pipe and SIGPIPE killed the shim, so nobody killed the step. Failed
+    /// before SIGPIPE was ignored ahead of the first report: the `sleep 31` lived on.
+    #[test]
+    fn step_dies_when_strata_died_before_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let script = format!("sleep 0.5; sleep 31 & echo $! > {}", pid_file.display());
+        let cmd = ShimCommand::new(
+            Path::new("/bin/sh"),
+            &["-c".into(), script.into()],
+            &pid_file,
+            dir.path(),
+            false,
+        )
+        .unwrap();
+        let (_read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let Shim { pid, events } = spawn(&cmd, write_end).unwrap();
+        drop(events);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let step = loop {
+            if let Some(step) = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok())
+            {
+                break step;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the runtime never wrote its pid file"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let step_alive = || std::fs::read_to_string(format!("/proc/{step}/stat")).is_ok_and(|s| !s.contains(") Z "));
+        while step_alive() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let alive = step_alive();
+        if alive {
+            let _ = nix::sys::signal::kill(Pid::from_raw(step), nix::sys::signal::Signal::SIGKILL);
+        }
+        Shim {
+            pid,
+            events: File::open("/dev/null").unwrap(),
+        }
+        .reap();
+        assert!(!alive, "the step outlived strata");
     }
 
     #[test]
