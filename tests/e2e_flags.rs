@@ -156,8 +156,21 @@ fn field<'a>(text: &'a str, key: &str) -> &'a str {
         .trim()
 }
 
+/// The host's view of `/proc/PID/cgroup` of the process whose command line is `marker`.
+fn marker_cgroups(marker: &str) -> String {
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).replace('\0', " ").trim() == marker {
+            if let Ok(text) = std::fs::read_to_string(entry.path().join("cgroup")) {
+                return text;
+            }
+        }
+    }
+    panic!("no process {marker:?} on the host");
+}
+
 /// The host's copy of a file of the step's cgroup. `step_cgroups` is the step's
-/// `/proc/self/cgroup`; `v1` names the controller and file on a v1 hierarchy, `v2` the file on
+/// `/proc/PID/cgroup` as the host sees it; `v1` names the controller and file on a v1 hierarchy, `v2` the file on
 /// the unified one. The first that exists is read.
 fn host_cgroup_file(step_cgroups: &str, v1: (&str, &str), v2: &str) -> Option<(PathBuf, String)> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -196,22 +209,24 @@ fn host_cgroup_file(step_cgroups: &str, v1: (&str, &str), v2: &str) -> Option<(P
 /// `--memory`, `--cpus` and `--pids-limit` set the step's cgroup (read from the host while the
 /// step runs) and are enforced inside it: a 100 MiB allocation is killed under `--memory 64M`,
 /// two busy loops get at most about half a CPU under `--cpus 0.5`, forks fail past
-/// `--pids-limit 20`. Without the flags the same step allocates and forks freely.
+/// `--pids-limit 20`. Without the flags the same step allocates and forks freely (up to the
+/// default pids limit, 4096). The step has a cgroup namespace (its own `/proc/self/cgroup`
+/// says `/`), so its cgroups are read from the host, through a marker process.
 #[test]
 fn cgroup_limits_reach_the_step() {
     let env = Env::new(Backend::Overlayfs);
     let ctx = env.context("ctx");
-    // 1. Its cgroups, then 2 s of two busy loops (the test reads the host's cgroup files
+    // 1. A marker process (its cgroups are the step's), then 2 s of two busy loops (the test reads the host's cgroup files
     // meanwhile), then a 100 MiB buffer, then up to 40 background sleeps.
     let script = |tag: &str| {
         format!(
             r#"((from busybox)
- (run (shell "echo {tag}; cat /proc/self/cgroup; echo cgroups-done
+ (run (shell "echo {tag}; sleep 7391 & m=$!; echo cgroups-done
   spin() {{ while :; do :; done; }}
   spin & a=$!; spin & b=$!
   echo wall-start=$(cut -d' ' -f1 /proc/uptime); sleep 2
   set -- $(cut -d' ' -f14,15 /proc/$a/stat) $(cut -d' ' -f14,15 /proc/$b/stat)
-  echo wall-end=$(cut -d' ' -f1 /proc/uptime); kill $a $b; wait
+  echo wall-end=$(cut -d' ' -f1 /proc/uptime); kill $a $b $m; wait
   echo cpu-ticks=$(($1 + $2 + $3 + $4))
   dd if=/dev/zero of=/dev/null bs=100M count=1 2>/dev/null; echo dd-exit=$?
   (i=0; while [ $i -lt 40 ]; do sleep 20 & i=$((i + 1)); echo $i > /tmp/forks; done) 2>/dev/null
@@ -227,7 +242,7 @@ fn cgroup_limits_reach_the_step() {
         &["--memory", "64M", "--cpus", "0.5", "--pids-limit", "20"],
     );
     build.wait_for_line("the step's cgroups", Duration::from_secs(60), |l| l == "cgroups-done");
-    let cgroups = build.output.clone();
+    let cgroups = marker_cgroups("sleep 7391");
     let memory = host_cgroup_file(&cgroups, ("memory", "memory.limit_in_bytes"), "memory.max");
     let swap = host_cgroup_file(&cgroups, ("memory", "memory.memsw.limit_in_bytes"), "memory.swap.max");
     let quota = host_cgroup_file(&cgroups, ("cpu", "cpu.cfs_quota_us"), "cpu.max");
@@ -283,12 +298,12 @@ fn cgroup_limits_reach_the_step() {
     let spec = env.spec("free.spec", &script("unlimited"));
     let mut build = LiveBuild::spawn(&env, &spec, &ctx, &[]);
     build.wait_for_line("the step's cgroups", Duration::from_secs(60), |l| l == "cgroups-done");
-    let cgroups = build.output.clone();
+    let cgroups = marker_cgroups("sleep 7391");
     let pids = host_cgroup_file(&cgroups, ("pids", "pids.max"), "pids.max");
     let (code, log, _) = build.finish();
     assert_eq!(code, Some(0), "{log}");
     if let Some((path, pids)) = pids {
-        assert_eq!(pids, "max", "{}", path.display());
+        assert_eq!(pids, "4096", "the default limit: {}", path.display());
     }
     assert_eq!(field(&log, "dd-exit"), "0", "{log}");
     assert_eq!(field(&log, "forks"), "40", "{log}");
