@@ -588,8 +588,9 @@ mod tests {
     }
 
     /// strata killed while the runtime was still creating the container: the shim's first
-    /// report hit a closed pipe and SIGPIPE killed the shim, so nobody killed the step. Failed
-    /// before SIGPIPE was ignored ahead of the first report: the `sleep 31` lived on.
+    /// report goes to a closed pipe, and the shim must still kill the step once it started.
+    /// (The shim ignores SIGPIPE itself; this passed before too, because the shim inherited
+    /// the ignored SIGPIPE from Rust's runtime.)
     #[test]
     fn step_dies_when_strata_died_before_it_started() {
         let dir = tempfile::tempdir().unwrap();
