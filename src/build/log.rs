@@ -35,14 +35,20 @@ pub struct StepLog {
 }
 
 impl StepLog {
-    /// Creates (truncating) the log file at `path`.
+    /// Creates (truncating) the log file at `path`, 0600: a step's output may hold anything
+    /// the step saw (the store's directories are private too; this does not rely on them).
     pub fn create(path: &Path) -> std::io::Result<StepLog> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let file = OpenOptions::new()
             .create(true)
             .truncate(true)
             .read(true)
             .write(true)
+            .mode(0o600)
             .open(path)?;
+        if file.metadata()?.permissions().mode() & 0o077 != 0 {
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
         Ok(StepLog::from_file(file, 0, false))
     }
 
@@ -236,6 +242,26 @@ mod tests {
         assert!(log.finish().is_some(), "the write error is reported");
         assert_eq!(log.last_lines(1), "dd: error writing '/big': No space left on device");
         assert!(!log.last_lines(10).contains("one"), "only the recent end is kept");
+    }
+
+    #[test]
+    fn log_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        std::fs::write(&path, b"old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let _log = StepLog::create(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let _fresh = StepLog::create(&dir.path().join("fresh")).unwrap();
+        assert_eq!(
+            std::fs::metadata(dir.path().join("fresh"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
     }
 
     #[test]

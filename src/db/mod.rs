@@ -99,6 +99,30 @@ pub struct NewBuild<'a> {
     pub base_digest: Option<&'a str>,
 }
 
+/// Makes `dir` a private directory and `path` in it a private file (created empty if missing,
+/// as SQLite expects of a new database; an older strata's 0644 file is tightened).
+fn private_file(dir: &Path, path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    strata_stores::layout::private_dir(dir).map_err(|e| e.to_string())?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(strata_stores::layout::PRIVATE_FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| format!("opening {}: {e}", path.display()))?;
+    let mode = file.metadata().map_err(|e| e.to_string())?.permissions().mode() & 0o7777;
+    if mode != strata_stores::layout::PRIVATE_FILE_MODE {
+        file.set_permissions(std::fs::Permissions::from_mode(
+            strata_stores::layout::PRIVATE_FILE_MODE,
+        ))
+        .map_err(|e| format!("making {} private: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
 pub struct Db {
     conn: Connection,
     path: PathBuf,
@@ -121,7 +145,8 @@ impl Db {
             path: path.clone(),
             source,
         };
-        if let Err(e) = std::fs::create_dir_all(&dir) {
+        // Private: 0700 directory, 0600 file (SQLite gives its journal the database's mode).
+        if let Err(e) = private_file(&dir, &path) {
             return Err(sqlite(rusqlite::Error::InvalidPath(PathBuf::from(format!(
                 "{}: {e}",
                 dir.display()
@@ -479,6 +504,22 @@ mod tests {
             "nothing used before the epoch"
         );
         assert_eq!(db.count().unwrap(), 2);
+    }
+
+    #[test]
+    fn database_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        drop(Db::open(dir.path()).unwrap());
+        let file = dir.path().join("db/db.sqlite");
+        assert_eq!((mode(&dir.path().join("db")), mode(&file)), (0o700, 0o600));
+        // An older strata's database is tightened on open, and keeps its rows.
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(dir.path().join("db"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        add(&db, 1, None);
+        assert_eq!((mode(&dir.path().join("db")), mode(&file)), (0o700, 0o600));
     }
 
     #[test]

@@ -34,7 +34,7 @@ impl CacheGenerations {
     /// Uses (and creates) `state_dir/caches`.
     pub fn new(state_dir: &Path) -> Result<CacheGenerations, StoreError> {
         let dir = state_dir.join("caches");
-        fs::create_dir_all(&dir).context(|| format!("creating {}", dir.display()))?;
+        crate::layout::private_dir(&dir)?;
         Ok(CacheGenerations { dir })
     }
 
@@ -85,7 +85,7 @@ impl CacheGuard {
     pub fn bump(&self) -> Result<u64, StoreError> {
         let next = self.generation()? + 1;
         let tmp = self.generation_file.with_extension("gen.tmp");
-        fs::write(&tmp, format!("{next}\n")).context(|| format!("writing {}", tmp.display()))?;
+        write_private(&tmp, format!("{next}\n").as_bytes()).context(|| format!("writing {}", tmp.display()))?;
         fs::rename(&tmp, &self.generation_file).context(|| format!("replacing {}", self.generation_file.display()))?;
         Ok(next)
     }
@@ -94,6 +94,19 @@ impl CacheGuard {
     pub fn may_publish(&self, taken: u64) -> Result<bool, StoreError> {
         Ok(self.generation()? == taken)
     }
+}
+
+/// Writes `bytes` to a new file (replacing an old one) made 0600.
+fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = fs::remove_file(path);
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(crate::layout::PRIVATE_FILE_MODE)
+        .open(path)?
+        .write_all(bytes)
 }
 
 /// Held by an outstanding lease (a shared flock); see [`CacheGenerations::mark_in_use`].

@@ -12,7 +12,6 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use crate::cache_generation::{CacheGenerations, InUse};
@@ -93,29 +92,17 @@ impl<T: TreeOps> DirStore<T> {
         check_root: impl FnOnce(&Path) -> Result<(), StoreError>,
     ) -> Result<DirStore<T>, StoreError> {
         let root = spec.path();
-        fs::create_dir_all(&root).map_err(|e| unsuitable(&root, "cannot create the store directory", e))?;
+        crate::layout::private_dir(&root).map_err(|e| unsuitable(&root, "cannot create the store directory", e))?;
         if !root.is_dir() {
             return Err(unsuitable(&root, "not a directory", "store root"));
         }
         check_root(&root)?;
         let layout = Layout::new(&root);
         let init = || -> Result<(ProcessOwner, CacheGenerations), StoreError> {
+            // 0700: items hold container root filesystems (setuid binaries, device nodes,
+            // other users' files) that host users must not reach through the store; results
+            // are plain directories (or snapshots) inside, so this is what keeps them out.
             layout.create_dirs()?;
-            // 0700: items hold container root filesystems (setuid binaries, other users'
-            // files) that host users must not reach through the store.
-            for dir in [
-                layout.result_dir(),
-                layout.result_tmp_dir(),
-                layout.cache_dir(),
-                layout.cache_tmp_dir(),
-            ] {
-                match fs::DirBuilder::new().mode(0o700).create(&dir) {
-                    Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
-                        return Err(StoreError::io(format!("creating {}", dir.display()), e))
-                    }
-                    _ => {}
-                }
-            }
             let owner = ProcessOwner::register(&layout.owners_dir())?;
             let caches = CacheGenerations::new(&layout.state_dir())?;
             Ok((owner, caches))

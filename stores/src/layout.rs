@@ -1,8 +1,15 @@
 //! The on-disk layout shared by the directory-based stores (OBuilder's):
 //! `result/<id>/`, `result-tmp/`, `state/` (database, locks, owners, sandbox), `cache/`,
 //! `cache-tmp/`.
+//!
+//! Privacy: the store root and every directory above are 0700 ([`private_dir`]). Items hold
+//! container root filesystems (setuid-root binaries, device nodes, world-writable `/tmp`s,
+//! other users' files) and `state/` holds the database, logs' metadata and lock files: a host
+//! user who could reach them could gain root, read secrets or block builds.
 
 use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::IoContext;
@@ -43,11 +50,20 @@ impl Layout {
         self.root.join("cache-tmp")
     }
 
-    /// Creates the directories that do not exist yet (mode 0700 for the temporaries, whose
-    /// contents may be owned by container users).
+    /// Makes the root and the store's directories private (0700), creating those that do not
+    /// exist yet and tightening those an older strata made 0755.
     pub fn create_dirs(&self) -> Result<(), StoreError> {
-        for dir in [self.state_dir(), self.locks_dir(), self.owners_dir()] {
-            fs::create_dir_all(&dir).context(|| format!("creating {}", dir.display()))?;
+        for dir in [
+            self.root.clone(),
+            self.state_dir(),
+            self.locks_dir(),
+            self.owners_dir(),
+            self.result_dir(),
+            self.result_tmp_dir(),
+            self.cache_dir(),
+            self.cache_tmp_dir(),
+        ] {
+            private_dir(&dir)?;
         }
         Ok(())
     }
@@ -76,5 +92,71 @@ impl Layout {
             .into_iter()
             .filter_map(|n| n.parse().ok())
             .collect())
+    }
+}
+
+/// Mode of every directory strata makes for itself in a store (and of the store root).
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+
+/// Mode of every file strata writes outside an item (database, locks, generations).
+pub const PRIVATE_FILE_MODE: u32 = 0o600;
+
+/// Creates `dir` (and missing parents, with the default mode) as a private directory, or, if
+/// it exists, takes group and other access away from it. Concurrent callers are fine.
+pub fn private_dir(dir: &Path) -> Result<(), StoreError> {
+    match fs::DirBuilder::new().mode(PRIVATE_DIR_MODE).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(parent) = dir.parent() {
+                fs::create_dir_all(parent).context(|| format!("creating {}", parent.display()))?;
+            }
+            match fs::DirBuilder::new().mode(PRIVATE_DIR_MODE).create(dir) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                    return Err(StoreError::io(format!("creating {}", dir.display()), e))
+                }
+                _ => {}
+            }
+        }
+        Err(e) => return Err(StoreError::io(format!("creating {}", dir.display()), e)),
+    }
+    make_private(dir)
+}
+
+/// Takes group and other access away from the directory `dir` (the umask may have narrowed
+/// a fresh one; an older strata made them 0755). Keeps the owner's bits as they are.
+pub fn make_private(dir: &Path) -> Result<(), StoreError> {
+    let meta = fs::metadata(dir).context(|| format!("reading {}", dir.display()))?;
+    if !meta.is_dir() {
+        return Err(StoreError::io(
+            format!("{} is not a directory", dir.display()),
+            io::ErrorKind::NotADirectory.into(),
+        ));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode != PRIVATE_DIR_MODE {
+        fs::set_permissions(dir, fs::Permissions::from_mode(PRIVATE_DIR_MODE))
+            .context(|| format!("making {} private (mode 0700)", dir.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_dirs_are_made_and_tightened() {
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = dir.path().join("a/b/fresh");
+        private_dir(&fresh).unwrap();
+        assert_eq!(fs::metadata(&fresh).unwrap().permissions().mode() & 0o7777, 0o700);
+        let old = dir.path().join("old");
+        fs::create_dir(&old).unwrap();
+        fs::set_permissions(&old, fs::Permissions::from_mode(0o1777)).unwrap();
+        private_dir(&old).unwrap();
+        assert_eq!(fs::metadata(&old).unwrap().permissions().mode() & 0o7777, 0o700);
+        fs::write(dir.path().join("file"), "x").unwrap();
+        assert!(private_dir(&dir.path().join("file")).is_err());
     }
 }

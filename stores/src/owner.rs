@@ -30,12 +30,17 @@ pub enum LockMode {
 }
 
 impl FileLock {
+    /// Opens (creating it 0600) the lock file. Only root may open it: another host user who
+    /// could would hold the lock as long as it likes, and stall every build waiting for it.
     fn open(path: &Path) -> Result<File, StoreError> {
+        use std::os::unix::fs::OpenOptionsExt;
         OpenOptions::new()
             .create(true)
             .truncate(false)
             .read(true)
             .write(true)
+            .mode(crate::layout::PRIVATE_FILE_MODE)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
             .open(path)
             .context(|| format!("opening lock {}", path.display()))
     }
@@ -63,6 +68,35 @@ impl FileLock {
             _file: file,
             path: path.to_owned(),
         })
+    }
+
+    /// Waits for the lock until `cancelled()` says to stop (checked every few milliseconds at
+    /// first, then every 100 ms); `Ok(None)` when cancelled first. A blocking flock cannot
+    /// be interrupted by a cancel token (a signal handled by another thread never reaches it).
+    pub fn acquire_until(
+        path: &Path,
+        mode: LockMode,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Option<FileLock>, StoreError> {
+        let file = Self::open(path)?;
+        let mut delay = std::time::Duration::from_millis(2);
+        loop {
+            match flock(&file, mode, false) {
+                Ok(()) => {
+                    return Ok(Some(FileLock {
+                        _file: file,
+                        path: path.to_owned(),
+                    }))
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {}
+                Err(e) => return Err(StoreError::io(format!("locking {}", path.display()), e)),
+            }
+            if cancelled() {
+                return Ok(None);
+            }
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(std::time::Duration::from_millis(100));
+        }
     }
 
     /// Takes the lock if nobody holds a conflicting one, else `None`.
@@ -153,7 +187,7 @@ pub const OWNER_SEPARATOR: &str = "--";
 impl ProcessOwner {
     /// Registers this process in `owners_dir`.
     pub fn register(owners_dir: &Path) -> Result<ProcessOwner, StoreError> {
-        fs::create_dir_all(owners_dir).context(|| format!("creating {}", owners_dir.display()))?;
+        crate::layout::private_dir(owners_dir)?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
@@ -246,6 +280,24 @@ mod tests {
         assert!(FileLock::is_held(&path).unwrap());
         drop((a, b));
         assert!(!FileLock::is_held(&path).unwrap());
+    }
+
+    #[test]
+    fn lock_files_are_private_and_waits_cancellable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.lock");
+        let held = FileLock::acquire(&path, LockMode::Exclusive).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let start = std::time::Instant::now();
+        let stop = std::time::Instant::now() + std::time::Duration::from_millis(300);
+        let got = FileLock::acquire_until(&path, LockMode::Shared, &|| std::time::Instant::now() > stop).unwrap();
+        assert!(got.is_none(), "cancelled while held");
+        assert!(start.elapsed() < std::time::Duration::from_secs(2));
+        drop(held);
+        assert!(FileLock::acquire_until(&path, LockMode::Shared, &|| true)
+            .unwrap()
+            .is_some());
     }
 
     #[test]

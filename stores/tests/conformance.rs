@@ -452,6 +452,134 @@ pub fn reopen_keeps_results_and_caches(f: &BackendFixture) {
     lease.release().unwrap();
 }
 
+/// Mount points at or below `dir` with their per-mount options (`ro,nosuid,nodev,...`).
+fn mounts_under(dir: &Path) -> Vec<(PathBuf, String)> {
+    let unescape = |field: &str| field.replace("\\040", " ");
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            Some((PathBuf::from(unescape(fields.get(4)?)), fields.get(5)?.to_string()))
+        })
+        .filter(|(p, _)| p.starts_with(dir))
+        .collect()
+}
+
+/// What a store must keep from other host users, checked after results, a clone, a pending
+/// item and cache leases exist: the root and every directory at the top levels (the root's
+/// entries and `state/`'s) are 0700 and owned by root, every file in `state/` strata wrote
+/// itself (locks, generations, owners) is 0600, and every view of a result the store mounts
+/// (on overlayfs `result/<id>/rootfs`) is `ro,nosuid,nodev`. Items themselves stay as the
+/// step left them (setuid binaries and all): the private directories are what keeps them
+/// from other users.
+pub fn store_is_private(f: &BackendFixture) {
+    let store = f.open();
+    build(&*store, None, &id(1), |dir| {
+        write(dir, "rootfs/etc/hello", "hello");
+        let tmp = dir.join("rootfs/tmp");
+        fs::create_dir(&tmp).unwrap();
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o1777)).unwrap();
+        write(dir, "log", "log");
+    });
+    build(&*store, Some(&id(1)), &id(2), |dir| write(dir, "rootfs/b", "b"));
+    let _view = store.rootfs(&id(2)).unwrap();
+    let _pending = pending(&*store, Some(&id(2)), &id(3));
+    let released = store.cache("c", 1000, 1000).unwrap();
+    write(released.path(), "x", "x");
+    released.release().unwrap();
+    let _lease = store.cache("c", 1000, 1000).unwrap();
+
+    let root = store.root().to_path_buf();
+    let state = store.state_dir();
+    let mut top: Vec<PathBuf> = vec![root.clone()];
+    for dir in [&root, &state] {
+        for entry in fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                top.push(entry.path());
+            }
+        }
+    }
+    for name in ["result", "result-tmp", "cache", "cache-tmp", "state"] {
+        assert!(top.contains(&root.join(name)), "{name} missing from {top:?}");
+    }
+    for dir in &top {
+        let meta = fs::metadata(dir).unwrap();
+        assert_eq!(
+            (meta.mode() & 0o7777, meta.uid()),
+            (0o700, 0),
+            "{} must be private (0700, root's)",
+            dir.display()
+        );
+    }
+    let mut files = 0;
+    for dir in &top {
+        if !dir.starts_with(&state) || !fs::symlink_metadata(dir).unwrap().is_dir() {
+            continue;
+        }
+        for entry in fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            if meta.is_file() && (dir != &state || entry.file_name() != "db") {
+                files += 1;
+                assert_eq!(meta.mode() & 0o777, 0o600, "{} must be 0600", entry.path().display());
+            }
+        }
+    }
+    assert!(files >= 3, "expected lock and generation files in {}", state.display());
+
+    let views: Vec<(PathBuf, String)> = mounts_under(&root.join("result"))
+        .into_iter()
+        .filter(|(p, _)| p.ends_with("rootfs"))
+        .collect();
+    if matches!(f.spec, StoreSpec::Overlayfs(_)) {
+        assert!(views.len() >= 2, "overlay views: {views:?}");
+    }
+    for (view, options) in &views {
+        let options: BTreeSet<&str> = options.split(',').collect();
+        for wanted in ["ro", "nosuid", "nodev"] {
+            assert!(
+                options.contains(wanted),
+                "view {} is mounted {options:?}, without {wanted}",
+                view.display()
+            );
+        }
+    }
+    // A step's own rootfs (the writable overlay of a pending item) keeps setuid working.
+    for (mount, options) in mounts_under(&root.join("result-tmp")) {
+        assert!(
+            !options.split(',').any(|o| o == "nosuid"),
+            "{} is a step's rootfs: setuid must work there ({options})",
+            mount.display()
+        );
+    }
+}
+
+/// A store an older strata made with 0755 directories and 0644 lock files is made private
+/// when opened.
+pub fn opening_tightens_an_old_store(f: &BackendFixture) {
+    let store = f.open();
+    build(&*store, None, &id(1), |dir| write(dir, "rootfs/a", "a"));
+    let root = store.root().to_path_buf();
+    let state = store.state_dir();
+    let lock = state.join("locks").join(format!("{}.lock", id(1)));
+    assert!(lock.is_file(), "{} missing", lock.display());
+    drop(store);
+    let loosen = |p: &Path, mode: u32| fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+    for dir in [&root, &root.join("result"), &root.join("cache"), &state] {
+        loosen(dir, 0o755);
+    }
+    let store = f.open();
+    for dir in [&root, &root.join("result"), &root.join("cache"), &state] {
+        assert_eq!(fs::metadata(dir).unwrap().mode() & 0o7777, 0o700, "{}", dir.display());
+    }
+    assert_eq!(
+        read(&store.result(&id(1)).unwrap().unwrap(), "rootfs/a").as_deref(),
+        Some("a")
+    );
+}
+
 // ---------------------------------------------------------------- instantiation
 
 macro_rules! instantiate {
@@ -488,6 +616,8 @@ macro_rules! backend {
                 leftovers_cleaned_at_open,
                 chain_of_200_clones,
                 reopen_keeps_results_and_caches,
+                store_is_private,
+                opening_tightens_an_old_store,
             );
         }
     };

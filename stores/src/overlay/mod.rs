@@ -96,21 +96,15 @@ impl OverlayStore {
     /// [`OverlayStore::open`], saying what to do with the leftovers of dead processes.
     pub fn open_with(spec: &StoreSpec, flatten_depth: usize, leftovers: Leftovers) -> Result<OverlayStore, StoreError> {
         let root = spec.path();
-        fs::create_dir_all(&root).map_err(|e| unsuitable(&root, "cannot create the store directory", e))?;
+        crate::layout::private_dir(&root).map_err(|e| unsuitable(&root, "cannot create the store directory", e))?;
         if !root.is_dir() {
             return Err(unsuitable(&root, "not a directory", "store root"));
         }
         let layout = Layout::new(&root);
         let init = || -> Result<(ProcessOwner, CacheGenerations), StoreError> {
+            // 0700, as every store: layers hold setuid binaries, device nodes and world-writable
+            // directories; nothing under the root may be reachable by other host users.
             layout.create_dirs()?;
-            for dir in [
-                layout.result_dir(),
-                layout.result_tmp_dir(),
-                layout.cache_dir(),
-                layout.cache_tmp_dir(),
-            ] {
-                fs::create_dir_all(&dir).context(|| format!("creating {}", dir.display()))?;
-            }
             Ok((
                 ProcessOwner::register(&layout.owners_dir())?,
                 CacheGenerations::new(&layout.state_dir())?,
@@ -173,15 +167,16 @@ impl OverlayStore {
     }
 
     /// Mounts the read-only full view of a committed item at `result/<id>/rootfs` unless it
-    /// is mounted already. Serialised per id across processes, so it is mounted once.
+    /// is mounted already. Serialised per id across processes, so it is mounted once. Views
+    /// are `ro,nosuid,nodev` (one mounted without, by an older strata, is remounted so).
     fn ensure_view(&self, id: &StepId) -> Result<(), StoreError> {
         let rootfs = self.layout.result(id).join("rootfs");
         if mount::is_mount_point(&rootfs)? {
-            return Ok(());
+            return mount::ensure_restricted_view(&rootfs);
         }
         let _lock = self.lock(id, ".view")?;
         if mount::is_mount_point(&rootfs)? {
-            return Ok(());
+            return mount::ensure_restricted_view(&rootfs);
         }
         let layers = self.chain(id)?;
         if layers.len() == 1 {

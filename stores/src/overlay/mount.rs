@@ -22,7 +22,9 @@ const FSOPEN_CLOEXEC: libc::c_uint = 1;
 const FSCONFIG_SET_STRING: libc::c_uint = 1;
 const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
 const FSMOUNT_CLOEXEC: libc::c_uint = 1;
-const MOUNT_ATTR_RDONLY: libc::c_uint = 1;
+const MOUNT_ATTR_RDONLY: libc::c_uint = 0x1;
+const MOUNT_ATTR_NOSUID: libc::c_uint = 0x2;
+const MOUNT_ATTR_NODEV: libc::c_uint = 0x4;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
 const STATX_ATTR_MOUNT_ROOT: u64 = 0x2000;
 
@@ -79,7 +81,16 @@ pub struct OverlayLayers<'a> {
     pub upper: Option<(&'a Path, &'a Path)>,
 }
 
-/// Mounts an overlay of `layers` on `target`.
+/// The attributes of every read-only view the store mounts: `ro,nosuid,nodev`.
+const VIEW_ATTRS: libc::c_uint = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+
+/// The same, as `mount(2)` flags.
+fn view_flags() -> MsFlags {
+    MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV
+}
+
+/// Mounts an overlay of `layers` on `target`: a read-only one (no upper layer) is a view,
+/// mounted `ro,nosuid,nodev`; a writable one is a step's rootfs, mounted without either.
 pub fn mount_overlay(target: &Path, layers: &OverlayLayers<'_>) -> Result<(), StoreError> {
     let what = || {
         format!(
@@ -139,7 +150,10 @@ pub fn mount_overlay(target: &Path, layers: &OverlayLayers<'_>) -> Result<(), St
     if rc < 0 {
         return Err(syscall_error(format!("{}: creating the superblock", what()), Some(&fs)));
     }
-    let attrs = if layers.upper.is_none() { MOUNT_ATTR_RDONLY } else { 0 };
+    // A read-only overlay is a view for the host (people, tools, `copy (from ...)`): its
+    // setuid binaries and device nodes must do nothing there. A writable one is a step's own
+    // rootfs, where setuid (`sudo`) has to work: the step's sandbox decides about it.
+    let attrs = if layers.upper.is_none() { VIEW_ATTRS } else { 0 };
     // SAFETY: valid fd.
     let mfd = unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, attrs) };
     if mfd < 0 {
@@ -166,17 +180,41 @@ pub fn mount_overlay(target: &Path, layers: &OverlayLayers<'_>) -> Result<(), St
     Ok(())
 }
 
-/// Bind-mounts `source` on `target`, read-only.
+/// Bind-mounts `source` on `target` as a view: read-only, `nosuid`, `nodev`.
 pub fn bind_read_only(source: &Path, target: &Path) -> Result<(), StoreError> {
     let what = || format!("bind-mounting {} on {}", source.display(), target.display());
     mount(Some(source), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
         .map_err(|e| StoreError::io(what(), e.into()))?;
-    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-    if let Err(e) = mount(None::<&str>, target, None::<&str>, flags, None::<&str>) {
+    if let Err(e) = restrict_view(target) {
         let _ = umount2(target, MntFlags::MNT_DETACH);
         return Err(StoreError::io(format!("{}: read-only remount", what()), e.into()));
     }
     Ok(())
+}
+
+/// Remounts the mount at `target` (an overlay or a bind mount) `ro,nosuid,nodev`.
+fn restrict_view(target: &Path) -> nix::Result<()> {
+    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | view_flags();
+    mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
+}
+
+/// Whether the mount at `target` is `ro,nosuid,nodev`, as every view must be.
+pub fn is_restricted_view(target: &Path) -> Result<bool, StoreError> {
+    use nix::sys::statvfs::FsFlags;
+    let st = nix::sys::statvfs::statvfs(target)
+        .map_err(|e| StoreError::io(format!("statvfs {}", target.display()), e.into()))?;
+    let wanted = FsFlags::ST_RDONLY | FsFlags::ST_NOSUID | FsFlags::ST_NODEV;
+    Ok(st.flags().contains(wanted))
+}
+
+/// Makes the view mounted at `target` `ro,nosuid,nodev` if it is not (views mounted by an
+/// older strata, still mounted after an upgrade, lack `nosuid,nodev`).
+pub fn ensure_restricted_view(target: &Path) -> Result<(), StoreError> {
+    if is_restricted_view(target)? {
+        return Ok(());
+    }
+    tracing::info!("remounting the view {} nosuid,nodev", target.display());
+    restrict_view(target).map_err(|e| StoreError::io(format!("remounting {} nosuid,nodev", target.display()), e.into()))
 }
 
 /// Whether `path` is the root of a mount.

@@ -161,6 +161,28 @@ pub fn mounted_children(parent: &str) -> Result<std::collections::BTreeMap<Strin
         .collect())
 }
 
+/// The mount points of `parent` and its direct children (filesystems), in one `zfs list`.
+pub fn mountpoints(parent: &str) -> Result<Vec<PathBuf>, StoreError> {
+    let out = zfs(&[
+        "list",
+        "-H",
+        "-o",
+        "mountpoint",
+        "-t",
+        "filesystem",
+        "-r",
+        "-d",
+        "1",
+        parent,
+    ])?;
+    Ok(out
+        .lines()
+        .map(str::trim)
+        .filter(|m| m.starts_with('/'))
+        .map(PathBuf::from)
+        .collect())
+}
+
 /// Whether a dataset or snapshot exists.
 pub fn exists(name: &str) -> Result<bool, StoreError> {
     match zfs(&["list", "-H", "-o", "name", "-t", "all", name]) {

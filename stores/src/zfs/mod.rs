@@ -117,8 +117,14 @@ fn prepare_groups(pool: &str, root: &Path) -> Result<PathBuf, StoreError> {
             reason: format!("dataset {pool}/state says it is mounted here, but nothing is"),
         });
     }
+    // Every mount point 0700 (the root dataset's and each group's, kept in the dataset's
+    // root directory; `-d 1` lists no item): items hold setuid binaries and device nodes, `state` the database
+    // and lock files; no other host user may reach them.
+    for mountpoint in cli::mountpoints(pool)? {
+        crate::layout::make_private(&mountpoint)?;
+    }
     for dir in [state.join("locks"), state.join("owners"), state.join("caches")] {
-        fs::create_dir_all(&dir).context(|| format!("creating {}", dir.display()))?;
+        crate::layout::private_dir(&dir)?;
     }
     drop(lock);
     Ok(state)
@@ -330,7 +336,11 @@ impl Store for ZfsStore {
         let result = self.group("result");
         let snapped: std::collections::HashSet<String> = cli::list_snapshots_recursive(&result)?
             .into_iter()
-            .filter_map(|s| s.strip_prefix(&format!("{result}/"))?.strip_suffix("@snap").map(str::to_owned))
+            .filter_map(|s| {
+                s.strip_prefix(&format!("{result}/"))?
+                    .strip_suffix("@snap")
+                    .map(str::to_owned)
+            })
             .collect();
         Ok(self
             .list_results()?
