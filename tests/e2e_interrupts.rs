@@ -402,3 +402,47 @@ fn sigkill_left_the_step_running() {
     env.verify_clean();
     env.assert_no_leftovers();
 }
+
+/// A build waiting for a lease that someone holds exclusively (a prune deleting the id) did not
+/// hear SIGTERM: it hung until the holder let go. Failed before the lease wait took the
+/// build's cancel token: strata was still waiting when the test gave up after 20 s.
+#[test]
+fn sigterm_was_not_heard_while_waiting_for_a_lease() {
+    let env = Env::new(Backend::Overlayfs);
+    let ctx = env.context("ctx");
+    let base = env.spec("base.spec", "((from busybox))");
+    let (id, _) = env.build_ok(&base, &ctx, &[]);
+    let lease = env.store_root().join("state/leases").join(format!("{id}.lock"));
+    // Killed on drop, also when the test fails.
+    struct Holder(Child);
+    impl Drop for Holder {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let holder = Holder(
+        std::process::Command::new("flock")
+            .arg("-x")
+            .arg(&lease)
+            .args(["sleep", "120"])
+            .spawn()
+            .expect("flock"),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let mut build = Running::start(env.build_command(&base, &ctx, &[]), false);
+    build.wait_for("(from busybox)", Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(500));
+    build.signal(Signal::SIGTERM);
+    let started = Instant::now();
+    let (status, _, log) = build.finish(Duration::from_secs(20));
+    drop(holder);
+    assert_eq!(status.code(), Some(130), "{log}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the interrupt took {:?}",
+        started.elapsed()
+    );
+    env.assert_no_leftovers();
+    env.verify_clean();
+}

@@ -131,7 +131,13 @@ impl<'a> BuildRun<'a> {
 
     /// Holds a shared lease on `id` until the build ends.
     pub fn lease(&self, id: &StepId) -> Result<(), BuildError> {
-        let lease = self.shared.leases.share(id)?;
+        // A lease held exclusively (a prune deleting the id, or another user of the host before
+        // the store was private) must not make the build deaf to an interrupt.
+        let lease = match self.shared.leases.share_until(id, &self.cancel) {
+            Ok(lease) => lease,
+            Err(_) if self.cancel.is_cancelled() => return Err(BuildError::Cancelled),
+            Err(e) => return Err(e.into()),
+        };
         self.leases.lock().unwrap_or_else(|p| p.into_inner()).push(lease);
         Ok(())
     }
