@@ -99,7 +99,8 @@ fn port_below_1024_cannot_be_bound() {
 }
 
 /// `unshare -U -r` then a tmpfs mount succeeded inside a step (Docker's default profile forbids
-/// both). Failed before the fix: "MOUNTED" was printed under both runtimes.
+/// both). Failed before the fix: the user namespace was made (`USERNS`), the tmpfs mounted in
+/// it (`MOUNTED`), and no filter was installed (`Seccomp: 0`).
 #[test]
 fn unshare_user_namespace_then_mount_refused() {
     let env = Env::new(Backend::Overlayfs);
@@ -109,14 +110,15 @@ fn unshare_user_namespace_then_mount_refused() {
             &format!(
                 r#"((from busybox)
                     (run (shell "echo rt={rt}; mkdir -p /mnt/t; \
-                                 unshare -U -r sh -c 'mount -t tmpfs t /mnt/t && echo MOUNTED' 2>&1; \
+                                 unshare -U true 2>&1 && echo USERNS; \
+                                 unshare -U -r -m sh -c 'mount -t tmpfs t /mnt/t && echo MOUNTED' 2>&1; \
                                  unshare -m -n -p -f true 2>&1 && echo UNSHARED; \
                                  mount -t tmpfs t /mnt/t 2>&1 && echo MOUNTED-AS-ROOT; \
                                  grep Seccomp: /proc/self/status; echo done")))"#
             ),
         );
         let log = build_under(&env, &spec, rt, &[]);
-        for line in ["MOUNTED", "UNSHARED", "MOUNTED-AS-ROOT"] {
+        for line in ["USERNS", "MOUNTED", "UNSHARED", "MOUNTED-AS-ROOT"] {
             assert!(!has_line(&log, line), "{rt}: {line}:\n{log}");
         }
         assert!(log.contains("Operation not permitted"), "{rt}: {log}");
@@ -173,7 +175,8 @@ fn fork_bomb_stopped_by_default_pids_limit() {
     env.assert_no_leftovers();
 }
 
-/// `--pids-limit 0` lifts the default limit (it used to mean nothing in particular).
+/// `--pids-limit 0` lifts the default limit. Failed before the fix: exit 3, "invalid pids
+/// limit 0", after the base was pulled.
 #[test]
 fn pids_limit_zero_means_no_limit() {
     let env = Env::new(Backend::Overlayfs);
@@ -215,7 +218,8 @@ fn no_host_network_refuses_with_position() {
 
 /// `(workdir /proc/self/fd/N)` is how CVE-2024-21626 reaches a host descriptor: `build` refuses
 /// a workdir under /proc, /sys or /dev with its position (exit 2), `check` only warns. Failed
-/// before the fix: the build ran the step (exit 0 under Debian's patched runc).
+/// before the fix: the spec went to runc, which failed obscurely after the base was pulled
+/// (exit 3, "mkdir /proc/self/fd/7: not a directory"), no position.
 #[test]
 fn workdir_under_proc_refused_with_position() {
     let env = Env::new(Backend::Overlayfs);
@@ -400,7 +404,8 @@ fn realistic_steps_work_under_the_default_profile() {
 }
 
 /// Limits that cannot work are refused when the flags are read (exit 2), before a store is
-/// opened or a step runs; `--pids-limit 0` is accepted (no limit).
+/// opened or a step runs. Failed before the fix: `--cpus 0` reached the sandbox after the base
+/// was pulled (exit 3, "invalid sandbox configuration").
 #[test]
 fn impossible_limits_refused_before_anything_runs() {
     let env = Env::new(Backend::Overlayfs);
