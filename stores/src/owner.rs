@@ -244,10 +244,18 @@ impl ProcessOwner {
                 None => name.strip_suffix(LOCK_SUFFIX),
             };
             if let Some(tag) = tag {
-                if let Some(_lock) = FileLock::try_acquire(&path, LockMode::Exclusive)? {
-                    if !tag.is_empty() {
+                match FileLock::try_acquire(&path, LockMode::Exclusive) {
+                    Ok(Some(_lock)) if !tag.is_empty() => {
                         let _ = fs::remove_file(&path);
                     }
+                    Ok(_) => {}
+                    // The directory left our view (on ZFS another process mounted the state
+                    // dataset over it while we looked): nothing of it is ours to forget, and
+                    // the next open tries again.
+                    Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                        return Ok(())
+                    }
+                    Err(e) => return Err(e),
                 }
             }
         }
