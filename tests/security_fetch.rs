@@ -272,6 +272,17 @@ fn oci_layout_in_a_private_dir_outside_the_allowed_dirs_is_refused() {
     let out = build(&env, &spec, &ctx, &["--allow-local-images", private.to_str().unwrap()]);
     assert!(out.status.success(), "{}", all_output(&out));
     assert!(stderr(&out).contains("from-the-layout"));
+
+    // Once imported by an allowed build, the image is cached under the same string: a build
+    // without the operator's permission must still be refused (before the fix it reused it).
+    let out = build(&env, &spec, &ctx, &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "a cached local image served a build without the flag:\n{}",
+        all_output(&out)
+    );
+    assert!(all_output(&out).contains("refusing image"), "{}", all_output(&out));
 }
 
 /// Attack: the step replaces the parent of its secret's target with a symlink to a host

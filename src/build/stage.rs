@@ -157,6 +157,7 @@ impl<'a> BuildRun<'a> {
     /// Builds the whole spec. Returns only once every step it started has ended. When one
     /// stage fails the others are stopped, and the build reports that first failure.
     pub fn build(&self, spec: &Spec) -> Result<StepId, BuildError> {
+        self.admit_bases(spec)?;
         let result = self.build_spec(spec, &[], &Scope::default());
         if let Err(e) = &result {
             self.fail(e);
@@ -166,6 +167,15 @@ impl<'a> BuildRun<'a> {
             (Err(e), Some(first)) if e.kind() == ErrorKind::Cancelled => Err(first),
             (result, _) => result,
         }
+    }
+
+    /// Refuses the build before anything runs when a base image (of any stage) is one this
+    /// invocation may not use, cached or not.
+    fn admit_bases(&self, spec: &Spec) -> Result<(), BuildError> {
+        for stage in &spec.stages {
+            self.admit_bases(&stage.spec)?;
+        }
+        Ok(self.shared.fetcher.admit(&spec.from)?)
     }
 
     /// Builds a spec's stages concurrently and then its own steps; returns its last id.

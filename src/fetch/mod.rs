@@ -48,6 +48,13 @@ pub struct ImageConfig {
 pub trait Fetcher: Send + Sync {
     /// Unpacks `image` into the empty directory `rootfs` and returns its config.
     fn fetch(&self, image: &str, rootfs: &Path, log: &dyn LogSink, cancel: &Cancel) -> Result<ImageConfig, FetchError>;
+
+    /// Whether this invocation may use `image` at all, fetched or already cached: a local
+    /// image (`oci:`, `docker-archive:`) imported by one build with `--allow-local-images`
+    /// must not serve a later build without it.
+    fn admit(&self, _image: &str) -> Result<(), FetchError> {
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -165,6 +172,18 @@ impl ImageFetcher {
 }
 
 impl Fetcher for ImageFetcher {
+    fn admit(&self, image: &str) -> Result<(), FetchError> {
+        match parse_source(image)? {
+            ImageSource::Registry(_) => Ok(()),
+            ImageSource::OciLayout { path, .. } => {
+                local::open_allowed(&self.options.local_image_dirs, &path, image, true).map(drop)
+            }
+            ImageSource::DockerArchive { path, .. } => {
+                local::open_allowed(&self.options.local_image_dirs, &path, image, false).map(drop)
+            }
+        }
+    }
+
     fn fetch(&self, image: &str, rootfs: &Path, log: &dyn LogSink, cancel: &Cancel) -> Result<ImageConfig, FetchError> {
         if cancel.is_cancelled() {
             return Err(FetchError::Cancelled(image.to_owned()));
