@@ -313,8 +313,15 @@ fn sigterm_during_a_copy_commits_nothing() {
     build.wait_for(r#""text":"/: (copy"#, Duration::from_secs(120));
     std::thread::sleep(Duration::from_millis(300));
     build.signal(Signal::SIGTERM);
+    let interrupted = Instant::now();
     let (status, _, log) = build.finish(Duration::from_secs(120));
     assert_eq!(status.code(), Some(130), "{log}");
+    // The copy stops between chunks; before, the interrupt waited for the whole copy.
+    assert!(
+        interrupted.elapsed() < Duration::from_secs(30),
+        "the copy went on for {:?} after the interrupt",
+        interrupted.elapsed()
+    );
     env.assert_no_leftovers();
     assert_eq!(recorded(&env), ["(from busybox)"], "the copy is not recorded");
     env.verify_clean();

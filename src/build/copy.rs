@@ -25,6 +25,8 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
+use strata_sandbox::Cancel;
+
 use nix::errno::Errno;
 use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::{fchmod, fstat, mkdirat, Mode, SFlag};
@@ -59,6 +61,9 @@ pub struct CopyStats {
 pub enum CopyError {
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    /// The build was interrupted while the copy was writing.
+    #[error("cancelled")]
+    Cancelled,
     #[error("invalid copy destination {dst:?}")]
     InvalidDestination { dst: String },
     #[error("copy destination {path:?} exists and is not a directory")]
@@ -136,6 +141,19 @@ pub fn execute_copy(
     uid: u32,
     gid: u32,
 ) -> Result<CopyStats, CopyError> {
+    execute_copy_until(plan, source_root, rootfs, uid, gid, &Cancel::new())
+}
+
+/// [`execute_copy`] that stops with [`CopyError::Cancelled`] soon after `cancel` fires (it
+/// looks between chunks of every file), leaving a partial copy for the caller to discard.
+pub fn execute_copy_until(
+    plan: &CopyPlan,
+    source_root: &Path,
+    rootfs: &Path,
+    uid: u32,
+    gid: u32,
+    cancel: &Cancel,
+) -> Result<CopyStats, CopyError> {
     let open_dir = |path: &Path| {
         nix::fcntl::open(
             path,
@@ -156,6 +174,7 @@ pub fn execute_copy(
         files: Vec::new(),
         new_dirs: Vec::new(),
         stats: CopyStats::default(),
+        cancel,
     };
     match &plan.op {
         CopyOp::Items { items, dst_dir } => {
@@ -219,6 +238,7 @@ struct Copier<'a> {
     /// Directories this copy created, in creation order, with their final mode.
     new_dirs: Vec<(String, u32)>,
     stats: CopyStats,
+    cancel: &'a Cancel,
 }
 
 impl<'a> Copier<'a> {
@@ -409,6 +429,9 @@ impl<'a> Copier<'a> {
         let mut len = read_full(&mut source, &mut current).map_err(read_error)?;
         let mut total = 0u64;
         while len > 0 {
+            if self.cancel.is_cancelled() {
+                return Err(CopyError::Cancelled);
+            }
             let chunk = &current[..len];
             let (_, (written, read)) = rayon::join(
                 || hasher.update(chunk),

@@ -316,13 +316,16 @@ fn copy_step(
         };
         let rootfs = env.item.join("rootfs");
         match &source {
-            Source::Context(dir) => copy::execute_copy(&plan, dir, &rootfs, uid, gid),
+            Source::Context(dir) => copy::execute_copy_until(&plan, dir, &rootfs, uid, gid, env.cancel),
             Source::Stage(id) => {
                 let view = env.shared.store.rootfs(id)?;
-                copy::execute_copy(&plan, view.path(), &rootfs, uid, gid)
+                copy::execute_copy_until(&plan, view.path(), &rootfs, uid, gid, env.cancel)
             }
         }
-        .map_err(|e| failed(e.to_string()))?;
+        .map_err(|e| match e {
+            copy::CopyError::Cancelled => BuildError::Cancelled,
+            e => failed(e.to_string()),
+        })?;
         Ok(WorkOutput::default())
     });
     run.get_step(stage, id, Some(ctx.parent.clone()), op_text, work)
