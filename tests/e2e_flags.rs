@@ -433,7 +433,7 @@ fn log_limit_kills_a_chatty_step() {
 
 /// `--fast-sync`: the step runs under a seccomp filter (`Seccomp: 2` in its own status) that
 /// makes the sync family succeed without doing anything; `sync` and `fsync` return 0 and the
-/// build succeeds. Without the flag there is no filter.
+/// build succeeds. Without it and with `--seccomp unconfined` there is no filter.
 #[test]
 fn fast_sync_filters_the_sync_calls() {
     let env = Env::new(Backend::Overlayfs);
@@ -450,7 +450,11 @@ fn fast_sync_filters_the_sync_calls() {
     assert_eq!(field(&log, "seccomp"), "2", "--fast-sync must install a filter:\n{log}");
     assert_eq!(field(&log, "sync-exit"), "0", "{log}");
     assert_eq!(field(&log, "fsync-exit"), "0", "{log}");
-    let (_, log) = env.build_ok(&spec("slow"), &ctx, &[]);
+    // The default seccomp profile is a filter too; with it opted out and no --fast-sync, there
+    // is none.
+    let (_, log) = env.build_ok(&spec("default"), &ctx, &[]);
+    assert_eq!(field(&log, "seccomp"), "2", "the default profile:\n{log}");
+    let (_, log) = env.build_ok(&spec("slow"), &ctx, &["--seccomp", "unconfined"]);
     assert_eq!(field(&log, "seccomp"), "0", "no filter without --fast-sync:\n{log}");
     assert_eq!(field(&log, "sync-exit"), "0", "{log}");
     env.verify_clean();
