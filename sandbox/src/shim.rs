@@ -482,6 +482,16 @@ pub fn decode_status(status: i32) -> Result<i32, i32> {
 mod tests {
     use super::*;
 
+    /// Whether `pid` still lives (a zombie counts as dead) once `deadline` passed, or earlier
+    /// as soon as it died.
+    fn alive_until(pid: i32, deadline: std::time::Instant) -> bool {
+        let alive = || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "));
+        while alive() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        alive()
+    }
+
     #[test]
     fn statuses() {
         assert_eq!(decode_status(0), Ok(0));
@@ -575,11 +585,7 @@ mod tests {
         let Shim { pid, events } = shim;
         drop(events);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let step_alive = || std::fs::read_to_string(format!("/proc/{step}/stat")).is_ok_and(|s| !s.contains(") Z "));
-        while step_alive() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        assert!(!step_alive(), "the step outlived strata");
+        assert!(!alive_until(step, deadline), "the step outlived strata");
         Shim {
             pid,
             events: File::open("/dev/null").unwrap(),
@@ -621,11 +627,7 @@ mod tests {
             );
             std::thread::sleep(std::time::Duration::from_millis(20));
         };
-        let step_alive = || std::fs::read_to_string(format!("/proc/{step}/stat")).is_ok_and(|s| !s.contains(") Z "));
-        while step_alive() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        let alive = step_alive();
+        let alive = alive_until(step, deadline);
         if alive {
             let _ = nix::sys::signal::kill(Pid::from_raw(step), nix::sys::signal::Signal::SIGKILL);
         }
