@@ -6,7 +6,6 @@
 //! SQLite (`db`) and fetches base images (`fetch`).
 
 pub mod build;
-pub mod cli;
 pub mod db;
 pub mod fetch;
 pub mod key;

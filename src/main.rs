@@ -1,3 +1,7 @@
+//! The `strata` command: the CLI (`cli`) over the library.
+
+mod cli;
+
 fn main() -> std::process::ExitCode {
-    strata::cli::main()
+    cli::main()
 }

@@ -8,9 +8,9 @@ use anyhow::Context as _;
 use clap::Args;
 
 use super::{CliError, GlobalArgs};
-use crate::build::Builder;
-use crate::fetch::{FetchOptions, ImageFetcher};
-use crate::key::IdScheme;
+use strata::build::Builder;
+use strata::fetch::{FetchOptions, ImageFetcher};
+use strata::key::IdScheme;
 use strata_sandbox::cleanup::SandboxDirs;
 use strata_sandbox::runtime::{OciSandbox, OciSandboxOptions};
 use strata_stores::owner::ProcessOwner;
@@ -158,8 +158,8 @@ pub fn open_for_maintenance(global: &GlobalArgs, store_args: &StoreArgs) -> Resu
     }
     let builder = Builder::new(
         store,
-        Arc::new(crate::build::unavailable::NoSandbox),
-        Arc::new(crate::build::unavailable::NoFetcher),
+        Arc::new(strata::build::unavailable::NoSandbox),
+        Arc::new(strata::build::unavailable::NoFetcher),
         store_args.id_scheme,
     )
     .map_err(|e| CliError::environment(anyhow::Error::new(e)))?;

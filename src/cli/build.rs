@@ -11,7 +11,7 @@ use clap::Args;
 use super::backend::{self, BackendArgs, StoreArgs};
 use super::progress::{ProgressMode, StderrReporter};
 use super::{exit, units, CliError, CliResult, GlobalArgs};
-use crate::build::{guard, BuildOptions, ErrorKind};
+use strata::build::{guard, BuildOptions, ErrorKind};
 use strata_sandbox::{BindMount, Cancel, Limits, Seccomp, DEFAULT_PIDS_LIMIT};
 
 /// `--seccomp`.
@@ -127,7 +127,7 @@ pub fn cancel_on_signals(cancel: &Cancel) -> Arc<AtomicBool> {
 pub fn run(global: &GlobalArgs, args: BuildArgs) -> CliResult {
     let cancel = Cancel::new();
     let interrupted = cancel_on_signals(&cancel);
-    let spec = crate::spec::load_spec(&args.file).map_err(CliError::usage)?;
+    let spec = strata::spec::load_spec(&args.file).map_err(CliError::usage)?;
     let policy = guard::Policy {
         no_host_network: args.no_host_network,
     };

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use super::exit::{CliError, CliResult, SUCCESS, USAGE};
-use crate::spec::parse::{decode_utf8, parse_spec, read_spec_file};
-use crate::spec::{Span, SpecError};
+use strata::spec::parse::{decode_utf8, parse_spec, read_spec_file};
+use strata::spec::{Span, SpecError};
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
@@ -22,10 +22,10 @@ pub fn run(args: &CheckArgs) -> CliResult {
         match read_spec_text(file).and_then(|(name, text)| parse_spec(&name, &text).map(|spec| (name, spec, text))) {
             Ok((name, spec, text)) => {
                 // OBuilder accepts these; every strata build refuses them.
-                for finding in crate::build::guard::workdir_findings(&spec) {
+                for finding in strata::build::guard::workdir_findings(&spec) {
                     eprintln!("{}", finding.warning(&name));
                 }
-                for problem in crate::spec::lint::exclude_problems(&name, &text) {
+                for problem in strata::spec::lint::exclude_problems(&name, &text) {
                     let (line, col) = (problem.span.line, problem.span.col);
                     eprintln!("{}:{line}:{col}: warning: {}", name.display(), problem.message);
                 }

@@ -4,7 +4,7 @@ use clap::Args;
 
 use super::backend::StoreArgs;
 use super::{CliResult, GlobalArgs};
-use crate::build::prune::PruneOptions;
+use strata::build::prune::PruneOptions;
 
 #[derive(Debug, Args)]
 pub struct CleanArgs {

@@ -7,8 +7,8 @@ use clap::{Args, ValueEnum};
 
 use super::check::read_spec_text;
 use super::exit::{CliError, CliResult, SUCCESS};
-use crate::spec::dockerfile::{to_dockerfile, DockerfileOptions, Escape};
-use crate::spec::parse_spec;
+use strata::spec::dockerfile::{to_dockerfile, DockerfileOptions, Escape};
+use strata::spec::parse_spec;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum EscapeArg {

@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::check::read_spec_text;
 use super::exit::{CliError, CliResult, STEP_FAILED, SUCCESS};
-use crate::spec::format::format_source;
+use strata::spec::format::format_source;
 
 #[derive(Debug, Args)]
 pub struct FmtArgs {

@@ -6,8 +6,8 @@ use clap::Args;
 
 use super::backend::{self, StoreArgs};
 use super::{exit, units, CliError, CliResult, GlobalArgs};
-use crate::build::Builder;
-use crate::db::BuildRow;
+use strata::build::Builder;
+use strata::db::BuildRow;
 
 #[derive(Debug, Args)]
 pub struct LsArgs {

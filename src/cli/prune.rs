@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::backend::{self, StoreArgs};
 use super::{exit, units, CliError, CliResult, GlobalArgs};
-use crate::build::prune::{cutoff_older_than, KeepFree, PruneOptions, PruneReport, Removed};
+use strata::build::prune::{cutoff_older_than, KeepFree, PruneOptions, PruneReport, Removed};
 
 #[derive(Debug, Args)]
 pub struct PruneArgs {
@@ -99,7 +99,7 @@ pub fn run(global: &GlobalArgs, args: PruneArgs) -> CliResult {
         (Some(age), _) => cutoff_older_than(age),
         (None, Some(t)) => t,
         (None, None) if args.keep_free.is_some() || args.max_used.is_some() || args.limit.is_some() => {
-            crate::db::now_ms()
+            strata::db::now_ms()
         }
         // `prune --caches` alone: the caches, and no item (none was last used before 1970).
         (None, None) if args.caches => 0,
