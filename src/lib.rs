@@ -5,7 +5,7 @@
 //! copy-on-write clone of its parent's snapshot in a store (`strata-stores`), records it in
 //! SQLite (`db`) and fetches base images (`fetch`).
 
-pub mod build;
+pub mod builder;
 pub mod db;
 pub mod fetch;
 pub mod key;

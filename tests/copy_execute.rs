@@ -5,7 +5,7 @@ use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use strata::build::copy::{execute_copy, plan_copy, CopyError, CopyStats};
+use strata::builder::copy::{execute_copy, plan_copy, CopyError, CopyStats};
 use strata::key::{copy_id, CopyOp, IdScheme};
 use strata::spec::ast::{Copy, CopyFrom, User};
 use strata::stores::StepId;

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use strata::build::copy::{execute_copy, plan_copy};
+use strata::builder::copy::{execute_copy, plan_copy};
 use strata::key::compute_manifest;
 use strata::spec::ast::{Copy, CopyFrom};
 

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::Args;
 
 use super::{CliError, GlobalArgs};
-use strata::build::Builder;
+use strata::builder::Builder;
 use strata::fetch::{FetchOptions, ImageFetcher};
 use strata::key::IdScheme;
 use strata_sandbox::cleanup::SandboxDirs;
@@ -158,8 +158,8 @@ pub fn open_for_maintenance(global: &GlobalArgs, store_args: &StoreArgs) -> Resu
     }
     let builder = Builder::new(
         store,
-        Arc::new(strata::build::unavailable::NoSandbox),
-        Arc::new(strata::build::unavailable::NoFetcher),
+        Arc::new(strata::builder::unavailable::NoSandbox),
+        Arc::new(strata::builder::unavailable::NoFetcher),
         store_args.id_scheme,
     )
     .map_err(|e| CliError::environment(anyhow::Error::new(e)))?;

@@ -11,7 +11,7 @@ use clap::Args;
 use super::backend::{self, BackendArgs, StoreArgs};
 use super::progress::{ProgressMode, StderrReporter};
 use super::{exit, units, CliError, CliResult, GlobalArgs};
-use strata::build::{guard, BuildOptions, ErrorKind};
+use strata::builder::{guard, BuildOptions, ErrorKind};
 use strata_sandbox::{BindMount, Cancel, Limits, Seccomp, DEFAULT_PIDS_LIMIT};
 
 /// `--seccomp`.

@@ -4,7 +4,7 @@ use clap::Args;
 
 use super::backend::StoreArgs;
 use super::{CliResult, GlobalArgs};
-use strata::build::prune::PruneOptions;
+use strata::builder::prune::PruneOptions;
 
 #[derive(Debug, Args)]
 pub struct CleanArgs {

@@ -6,7 +6,7 @@ use clap::Args;
 
 use super::backend::{self, BackendArgs, StoreArgs};
 use super::{CliResult, GlobalArgs};
-use strata::build::healthcheck::HealthOptions;
+use strata::builder::healthcheck::HealthOptions;
 
 #[derive(Debug, Args)]
 pub struct HealthcheckArgs {
@@ -35,7 +35,7 @@ pub fn run(global: &GlobalArgs, args: HealthcheckArgs) -> CliResult {
             timeout: Duration::from_secs_f64(args.timeout.max(0.0)),
             min_free_percent: args.min_free,
         }),
-        Err(e) => vec![strata::build::healthcheck::Check {
+        Err(e) => vec![strata::builder::healthcheck::Check {
             name: "open".to_owned(),
             healthy: false,
             seconds: 0.0,

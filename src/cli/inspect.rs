@@ -6,7 +6,7 @@ use clap::Args;
 
 use super::backend::{self, StoreArgs};
 use super::{exit, units, CliError, CliResult, GlobalArgs};
-use strata::build::Builder;
+use strata::builder::Builder;
 use strata::db::BuildRow;
 
 #[derive(Debug, Args)]

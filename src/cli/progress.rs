@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 use clap::ValueEnum;
 
-use strata::build::{Event, Reporter, StepResult};
+use strata::builder::{Event, Reporter, StepResult};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ProgressMode {

@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::backend::{self, StoreArgs};
 use super::{exit, units, CliError, CliResult, GlobalArgs};
-use strata::build::prune::{cutoff_older_than, KeepFree, PruneOptions, PruneReport, Removed};
+use strata::builder::prune::{cutoff_older_than, KeepFree, PruneOptions, PruneReport, Removed};
 
 #[derive(Debug, Args)]
 pub struct PruneArgs {

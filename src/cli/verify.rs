@@ -22,9 +22,9 @@ pub struct VerifyArgs {
 #[derive(serde::Serialize)]
 struct JsonReport<'a> {
     #[serde(flatten)]
-    report: &'a strata::build::reconcile::Report,
+    report: &'a strata::builder::reconcile::Report,
     #[serde(skip_serializing_if = "Option::is_none")]
-    remaining: Option<&'a [strata::build::reconcile::Problem]>,
+    remaining: Option<&'a [strata::builder::reconcile::Problem]>,
     /// What killed strata processes left of their steps (containers, cgroups, bundles);
     /// removed with `--repair`.
     leftovers: &'a [Orphan],
@@ -36,10 +36,10 @@ pub fn run(global: &GlobalArgs, args: VerifyArgs) -> CliResult {
     // Open without the start-up repair (the store keeps the temporaries of dead processes,
     // the builder does not reconcile), so verify sees the store as it is.
     let store = backend::open_store_with(global, &args.store, strata_stores::Leftovers::Keep)?;
-    let builder = strata::build::Builder::new(
+    let builder = strata::builder::Builder::new(
         store,
-        std::sync::Arc::new(strata::build::unavailable::NoSandbox),
-        std::sync::Arc::new(strata::build::unavailable::NoFetcher),
+        std::sync::Arc::new(strata::builder::unavailable::NoSandbox),
+        std::sync::Arc::new(strata::builder::unavailable::NoFetcher),
         args.store.id_scheme,
     )
     .map_err(|e| CliError::environment(anyhow::Error::new(e)))?;
