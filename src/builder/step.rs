@@ -53,6 +53,21 @@ pub fn check_secrets(spec: &Spec, secrets: &HashMap<String, Vec<u8>>) -> Result<
     Ok(())
 }
 
+/// The `PATH` Docker, podman and OBuilder's users get when the image config sets none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A step's environment: the build context's (image `Env` in order, `(env ...)` ops on top),
+/// plus the default `PATH` when neither set one. The default is added here, at run time, and
+/// never hashed: ids stay those of the spec (byte-identical to OBuilder's under its scheme).
+/// `HOME` is left to the runtime, which sets it from the user's `/etc/passwd` entry.
+fn step_env(env: &[(String, String)]) -> Vec<(String, String)> {
+    let mut env = env.to_vec();
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        env.push(("PATH".to_owned(), DEFAULT_PATH.to_owned()));
+    }
+    env
+}
+
 fn unix_user(user: &User) -> Result<(u32, u32), BuildError> {
     match user {
         User::Unix { uid, gid } => Ok((*uid, *gid)),
@@ -194,7 +209,7 @@ fn run_step(
     argv.push(r.shell.clone());
     let mut config = RunConfig::new(argv);
     config.cwd = ctx.workdir.clone();
-    config.env = ctx.env.clone();
+    config.env = step_env(&ctx.env);
     config.uid = uid;
     config.gid = gid;
     config.network = network;
@@ -334,6 +349,18 @@ fn copy_step(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_without_path_gets_the_default_path() {
+        let env = step_env(&[("A".into(), "1".into())]);
+        assert_eq!(env, vec![("A".into(), "1".into()), ("PATH".into(), DEFAULT_PATH.into())]);
+    }
+
+    #[test]
+    fn a_path_from_the_image_or_spec_is_kept_in_order() {
+        let given = vec![("PATH".to_owned(), "/opt/bin".to_owned()), ("A".to_owned(), "1".to_owned())];
+        assert_eq!(step_env(&given), given);
+    }
 
     #[test]
     fn env_prepends_and_replaces_first() {
