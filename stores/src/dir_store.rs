@@ -137,10 +137,6 @@ impl<T: TreeOps> DirStore<T> {
         &self.layout
     }
 
-    pub fn ops(&self) -> &T {
-        &self.ops
-    }
-
     fn lock_id(&self, id: &StepId) -> Result<FileLock, StoreError> {
         FileLock::acquire(&self.layout.locks_dir().join(format!("{id}.lock")), LockMode::Exclusive)
     }

@@ -38,15 +38,6 @@ impl StoreError {
             source,
         }
     }
-
-    /// True when the underlying cause is a full disk (ENOSPC / EDQUOT).
-    pub fn is_no_space(&self) -> bool {
-        match self {
-            StoreError::Io { source, .. } => matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)),
-            StoreError::Command { stderr, .. } => stderr.contains("No space left") || stderr.contains("out of space"),
-            _ => false,
-        }
-    }
 }
 
 /// Adds a context string to an `io::Result`, the store's usual way to name the path involved.

@@ -32,11 +32,6 @@ impl LocalRegistry {
         format!("{}/library/busybox:latest", self.addr())
     }
 
-    /// The OCI layout the pushed image was built in (tag `latest`).
-    pub fn busybox_layout(&self) -> PathBuf {
-        self.fixture.dir().join("image/oci")
-    }
-
     /// The fixture's private directory (config, storage, log, policy.json for skopeo).
     pub fn dir(&self) -> &Path {
         self.fixture.dir()
