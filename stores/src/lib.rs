@@ -13,6 +13,8 @@
 //!   dropping it without committing discards it. A crash leaves only temporaries, which
 //!   the next [`open`] of the store removes when no live process owns them
 //!   ([`Leftovers::Keep`] leaves them for `verify` to report).
+//! - Nothing under a pending item may be open when it is committed (see
+//!   [`PendingItem::commit`]).
 //! - A cache lease is a private writable copy of the latest version of the named cache; on
 //!   release it becomes the latest version unless another lease of the same cache was
 //!   released first (generation check).
@@ -56,6 +58,16 @@ pub trait PendingItem: Send {
     /// The item directory: the step writes `rootfs/`, `log` and `env` under it.
     fn path(&self) -> &Path;
     /// Atomically publishes the item under its id. Returns its final directory and its size.
+    ///
+    /// No open files at commit: the caller must have closed every file (and left every
+    /// working directory) under [`PendingItem::path`] before it commits. Publishing may
+    /// unmount what is under it (ZFS: the dataset, before `zfs set readonly=on` and the
+    /// rename; overlayfs: the writable overlay on `rootfs/`), which fails while a file is
+    /// open there (ZFS retries a busy unmount for about 20 s, then gives up), and it may
+    /// publish a snapshot taken at that moment (btrfs, ZFS), which a later write through a
+    /// descriptor kept open would miss. The stores do not check this; the
+    /// builder honours it by detaching the step's log before committing (`StepLog::detach`
+    /// in `src/builder/log.rs`).
     fn commit(self: Box<Self>) -> Result<Committed>;
     /// Discards the item. Dropping without committing does the same, ignoring errors.
     fn abort(self: Box<Self>) -> Result<()>;

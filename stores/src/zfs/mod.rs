@@ -17,8 +17,9 @@
 //! to `result/` and mount. OBuilder builds in the final dataset because ZFS cannot rename a
 //! dataset with open files; strata builds under a temporary name instead, so that a dataset
 //! in `result/` is always complete (no `@snap` check needed to trust it) and a crash leaves only
-//! owner-tagged temporaries. The price: the builder must close the item's log before
-//! committing (the rename unmounts the dataset; a busy unmount is retried for ~20 s).
+//! owner-tagged temporaries. The price: no open files at commit (the rename unmounts the
+//! dataset; a busy unmount is retried for ~20 s), the rule [`crate::PendingItem::commit`]
+//! states for every store.
 
 mod cache;
 pub mod cli;
