@@ -6,6 +6,7 @@
 //! SQLite (`db`) and fetches base images (`fetch`).
 
 pub mod builder;
+pub mod catalog;
 pub mod db;
 pub mod fetch;
 pub mod key;

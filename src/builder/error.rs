@@ -1,3 +1,4 @@
+use crate::catalog::CatalogError;
 use crate::db::DbError;
 use crate::fetch::FetchError;
 use strata_sandbox::SandboxError;
@@ -23,6 +24,8 @@ pub enum BuildError {
     Fetch(#[from] FetchError),
     #[error("{0}")]
     Db(#[from] DbError),
+    #[error("{0}")]
+    Catalog(CatalogError),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -34,6 +37,17 @@ pub enum BuildError {
     /// A step shared by several builds failed: every client gets the same message and kind.
     #[error("{message}")]
     Shared { kind: ErrorKind, message: String },
+}
+
+impl From<CatalogError> for BuildError {
+    fn from(e: CatalogError) -> BuildError {
+        match e {
+            CatalogError::Cancelled => BuildError::Cancelled,
+            CatalogError::Store(e) => BuildError::Store(e),
+            CatalogError::Db(e) => BuildError::Db(e),
+            e => BuildError::Catalog(e),
+        }
+    }
 }
 
 fn tail_suffix(tail: &str) -> String {
@@ -75,6 +89,7 @@ impl BuildError {
             BuildError::Usage(_) => ErrorKind::Usage,
             BuildError::Cancelled => ErrorKind::Cancelled,
             BuildError::Fetch(FetchError::Cancelled(_)) => ErrorKind::Cancelled,
+            BuildError::Catalog(_) => ErrorKind::Environment,
             BuildError::Store(_)
             | BuildError::Sandbox(_)
             | BuildError::Fetch(_)

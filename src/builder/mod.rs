@@ -6,33 +6,32 @@
 
 pub mod copy;
 pub mod error;
+mod execute;
 pub mod guard;
 pub mod healthcheck;
 pub mod inflight;
-pub mod lease;
 pub mod log;
 pub mod progress;
-pub mod prune;
-pub mod reconcile;
+mod scope;
 mod stage;
 mod step;
-pub mod unavailable;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use strata_sandbox::{BindMount, Cancel, Limits, Sandbox, Seccomp};
-use strata_stores::{StepId, Store};
+use strata_stores::StepId;
 
-use crate::db::Db;
+use crate::catalog::Catalog;
 use crate::fetch::Fetcher;
 use crate::key::IdScheme;
 use crate::spec::Spec;
 
 pub use error::{BuildError, ErrorKind};
 pub use progress::{Event, Reporter, StepResult};
+pub use step::DEFAULT_PATH;
 
 /// Per-invocation settings of a build.
 #[derive(Debug, Clone, Default)]
@@ -60,65 +59,38 @@ pub struct BuildOptions {
 
 /// The shared parts of a builder; cheap to clone into worker threads.
 pub(crate) struct Shared {
-    pub store: Arc<dyn Store>,
+    pub catalog: Arc<Catalog>,
     pub sandbox: Arc<dyn Sandbox>,
     pub fetcher: Arc<dyn Fetcher>,
-    pub db: Mutex<Db>,
-    pub scheme: IdScheme,
-    pub leases: lease::Leases,
     pub inflight: Arc<inflight::InFlight>,
 }
 
-impl Shared {
-    pub fn db(&self) -> MutexGuard<'_, Db> {
-        self.db.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
+/// Builds specs: runs each uncached step in the sandbox, in an item the catalog gives it.
+/// Everything else (listing, prune, delete, verify) is the catalog's.
 #[derive(Clone)]
 pub struct Builder {
     shared: Arc<Shared>,
 }
 
 impl Builder {
-    /// A builder over an opened store; opens the database and records or checks the id scheme.
-    pub fn new(
-        store: Arc<dyn Store>,
-        sandbox: Arc<dyn Sandbox>,
-        fetcher: Arc<dyn Fetcher>,
-        scheme: Option<IdScheme>,
-    ) -> Result<Builder, BuildError> {
-        let state = store.state_dir();
-        let db = Db::open(&state)?;
-        let scheme = db.id_scheme(scheme)?;
-        let leases = lease::Leases::new(&state)?;
-        Ok(Builder {
+    pub fn new(catalog: Arc<Catalog>, sandbox: Arc<dyn Sandbox>, fetcher: Arc<dyn Fetcher>) -> Builder {
+        Builder {
             shared: Arc::new(Shared {
-                store,
+                catalog,
                 sandbox,
                 fetcher,
-                db: Mutex::new(db),
-                scheme,
-                leases,
                 inflight: Arc::new(inflight::InFlight::default()),
             }),
-        })
+        }
     }
 
     pub fn scheme(&self) -> IdScheme {
-        self.shared.scheme
+        self.shared.catalog.scheme()
     }
 
-    pub fn store(&self) -> &dyn Store {
-        &*self.shared.store
-    }
-
-    pub fn db(&self) -> MutexGuard<'_, Db> {
-        self.shared.db()
-    }
-
-    pub fn leases(&self) -> &lease::Leases {
-        &self.shared.leases
+    /// The catalog this builder stores its steps in.
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.shared.catalog
     }
 
     /// Builds `spec` and returns the id of its last step.
@@ -132,38 +104,5 @@ impl Builder {
         step::check_secrets(spec, &options.secrets)?;
         let run = stage::BuildRun::new(self.shared.clone(), options, reporter, cancel);
         run.build(spec)
-    }
-
-    /// The directory of a committed item, if present.
-    pub fn result_path(&self, id: &StepId) -> Result<Option<PathBuf>, BuildError> {
-        Ok(self.shared.store.result(id)?)
-    }
-
-    /// The log of a committed item.
-    pub fn log_path(&self, id: &StepId) -> Result<Option<PathBuf>, BuildError> {
-        Ok(self.result_path(id)?.map(|p| p.join("log")))
-    }
-}
-
-/// The file in an item that records how it was made (for adoption after a crash).
-pub const ITEM_META: &str = "strata.json";
-/// The image config of a base item.
-pub const IMAGE_CONFIG: &str = "image.json";
-
-/// What an item says about itself (`strata.json`), written before commit.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct ItemMeta {
-    pub id: String,
-    pub parent: Option<String>,
-    pub op: String,
-    pub scheme: String,
-    pub base_digest: Option<String>,
-    pub duration_ms: u64,
-}
-
-impl ItemMeta {
-    pub fn read(item: &Path) -> Option<ItemMeta> {
-        let text = std::fs::read(item.join(ITEM_META)).ok()?;
-        serde_json::from_slice(&text).ok()
     }
 }

@@ -9,11 +9,34 @@ use strata_stores::StepId;
 
 use super::copy;
 use super::error::BuildError;
-use super::stage::{BuildRun, Scope, StepEnv, WorkOutput};
-use super::IMAGE_CONFIG;
+use super::execute::{StepEnv, Work, WorkOutput};
+use super::scope::Scope;
+use super::BuildOptions;
+use crate::catalog::{Catalog, IMAGE_CONFIG};
 use crate::fetch::ImageConfig;
-use crate::key;
+use crate::key::{self, IdScheme};
 use crate::spec::{self, CopyFrom, Op, Spec, User};
+
+/// What the ops of a stage need from the build that runs them: its settings, and a way to
+/// get a step (cached, joined, or built by `work`). The build run implements it; the walk
+/// from spec to stored item goes stage -> ops -> step, each once.
+pub(crate) trait Steps: Sync {
+    fn options(&self) -> &BuildOptions;
+    fn scheme(&self) -> IdScheme;
+    fn catalog(&self) -> &Catalog;
+    fn is_cancelled(&self) -> bool;
+    /// Reports what the stage does next.
+    fn heading(&self, stage: &[String], text: &str);
+    /// Gets step `id`, child of `parent`, made by `op`: returns `id` once it is in the store.
+    fn get_step(
+        &self,
+        stage: &[String],
+        id: StepId,
+        parent: Option<StepId>,
+        op: String,
+        work: Work,
+    ) -> Result<StepId, BuildError>;
+}
 
 /// The build context: what `workdir`, `user`, `env` and `shell` set for later steps.
 #[derive(Debug, Clone)]
@@ -82,12 +105,12 @@ fn quoted_argv(argv: &[String]) -> String {
 }
 
 pub(crate) fn build_ops(
-    run: &BuildRun<'_>,
+    run: &dyn Steps,
     spec: &Spec,
     stage: &[String],
     scope: &Scope,
 ) -> Result<StepId, BuildError> {
-    let scheme = run.shared.scheme;
+    let scheme = run.scheme();
     let base_text = format!("(from {})", spec::sexp::Sexp::atom(spec.from.clone()).to_machine());
     run.heading(stage, &base_text);
     let base = key::base_id(scheme, &spec.from);
@@ -103,7 +126,7 @@ pub(crate) fn build_ops(
         parent: base,
     };
     for item in &spec.ops {
-        if run.cancel.is_cancelled() {
+        if run.is_cancelled() {
             return Err(BuildError::Cancelled);
         }
         let op_text = spec::print::one_line(&spec::print::op_to_sexp(&item.op));
@@ -121,8 +144,8 @@ pub(crate) fn build_ops(
     Ok(ctx.parent)
 }
 
-fn read_image_config(run: &BuildRun<'_>, base: &StepId) -> Result<ImageConfig, BuildError> {
-    let Some(item) = run.shared.store.result(base)? else {
+fn read_image_config(run: &dyn Steps, base: &StepId) -> Result<ImageConfig, BuildError> {
+    let Some(item) = run.catalog().result(base)? else {
         return Err(BuildError::Store(strata_stores::StoreError::NotFound(base.to_string())));
     };
     let path = item.join(IMAGE_CONFIG);
@@ -144,7 +167,7 @@ fn fetch_base(env: &StepEnv<'_>, image: &str) -> Result<WorkOutput, BuildError> 
 }
 
 fn run_step(
-    run: &BuildRun<'_>,
+    run: &dyn Steps,
     stage: &[String],
     ctx: &Context,
     r: &spec::Run,
@@ -159,7 +182,7 @@ fn run_step(
     }
     let network = match r.network.as_slice() {
         [] => Network::None,
-        [one] if one == "host" && run.options.no_host_network => {
+        [one] if one == "host" && run.options().no_host_network => {
             return Err(BuildError::Usage(
                 "(network host) is refused: the operator passed --no-host-network".to_owned(),
             ))
@@ -174,7 +197,7 @@ fn run_step(
     let mut secrets = Vec::new();
     for s in &r.secrets {
         let value = run
-            .options
+            .options()
             .secrets
             .get(&s.id)
             .cloned()
@@ -186,7 +209,7 @@ fn run_step(
         });
     }
     let id = key::run_id(
-        run.shared.scheme,
+        run.scheme(),
         &key::RunKey {
             parent: &ctx.parent,
             workdir: &ctx.workdir,
@@ -214,15 +237,15 @@ fn run_step(
     config.gid = gid;
     config.network = network;
     config.secrets = secrets;
-    config.mounts = run.options.extra_mounts.clone();
-    config.limits = run.options.limits;
-    config.timeout = run.options.step_timeout;
-    if let Some(limit) = run.options.log_limit {
+    config.mounts = run.options().extra_mounts.clone();
+    config.limits = run.options().limits;
+    config.timeout = run.options().step_timeout;
+    if let Some(limit) = run.options().log_limit {
         config.log_limit = limit;
     }
-    config.fast_sync = run.options.fast_sync;
-    config.seccomp = run.options.seccomp;
-    config.no_new_privileges = run.options.no_new_privileges;
+    config.fast_sync = run.options().fast_sync;
+    config.seccomp = run.options().seccomp;
+    config.no_new_privileges = run.options().no_new_privileges;
     let caches: Vec<(String, String)> = r.cache.iter().map(|c| (c.id.clone(), c.target.clone())).collect();
     let step_name = op_text.clone();
     let work = Box::new(move |env: &StepEnv<'_>| run_in_sandbox(env, config, &caches, &step_name));
@@ -235,17 +258,15 @@ fn run_in_sandbox(
     caches: &[(String, String)],
     step_name: &str,
 ) -> Result<WorkOutput, BuildError> {
-    let store = &*env.shared.store;
     let mut leases = Vec::new();
     for (name, target) in caches {
-        let lease = store.cache(name, config.uid, config.gid)?;
+        let lease = env.shared.catalog.cache(name, config.uid, config.gid)?;
         config.mounts.push(BindMount {
             source: lease.path().to_owned(),
             target: target.clone(),
             readonly: false,
         });
         leases.push(lease);
-        env.shared.db().touch_cache(name)?;
     }
     let outcome = env
         .shared
@@ -289,7 +310,7 @@ enum Source {
 }
 
 fn copy_step(
-    run: &BuildRun<'_>,
+    run: &dyn Steps,
     stage: &[String],
     ctx: &Context,
     c: &spec::Copy,
@@ -298,7 +319,7 @@ fn copy_step(
 ) -> Result<StepId, BuildError> {
     let (uid, gid) = unix_user(&ctx.user)?;
     let source = match &c.from {
-        CopyFrom::Context => Source::Context(run.options.context.clone()),
+        CopyFrom::Context => Source::Context(run.options().context.clone()),
         CopyFrom::Build(name) => {
             let slot = scope
                 .get(name)
@@ -317,11 +338,11 @@ fn copy_step(
     let plan = match &source {
         Source::Context(dir) => copy::plan_copy(dir, c, &ctx.workdir).map_err(|e| failed(e.to_string()))?,
         Source::Stage(id) => {
-            let view = run.shared.store.rootfs(id)?;
+            let view = run.catalog().rootfs(id)?;
             copy::plan_copy(view.path(), c, &ctx.workdir).map_err(|e| failed(e.to_string()))?
         }
     };
-    let id = key::copy_id(run.shared.scheme, &ctx.parent, &ctx.user, &plan.op);
+    let id = key::copy_id(run.scheme(), &ctx.parent, &ctx.user, &plan.op);
     let step_name = op_text.clone();
     let plan = Arc::new(plan);
     let work = Box::new(move |env: &StepEnv<'_>| {
@@ -333,7 +354,7 @@ fn copy_step(
         match &source {
             Source::Context(dir) => copy::execute_copy_until(&plan, dir, &rootfs, uid, gid, env.cancel),
             Source::Stage(id) => {
-                let view = env.shared.store.rootfs(id)?;
+                let view = env.shared.catalog.rootfs(id)?;
                 copy::execute_copy_until(&plan, view.path(), &rootfs, uid, gid, env.cancel)
             }
         }

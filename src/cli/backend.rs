@@ -9,6 +9,7 @@ use clap::Args;
 
 use super::{CliError, GlobalArgs};
 use strata::builder::Builder;
+use strata::catalog::Catalog;
 use strata::fetch::{FetchOptions, ImageFetcher};
 use strata::key::IdScheme;
 use strata_sandbox::cleanup::SandboxDirs;
@@ -135,15 +136,19 @@ pub fn open_builder(global: &GlobalArgs, store_args: &StoreArgs, backend: &Backe
     // The owner lock must be held for the life of the process.
     std::mem::forget(owner);
     let fetcher = ImageFetcher::new(fetch_options(backend)?);
-    let builder = Builder::new(store, Arc::new(sandbox), Arc::new(fetcher), store_args.id_scheme)
-        .map_err(|e| CliError::environment(anyhow::Error::new(e)))?;
-    reconcile_quietly(&builder);
-    Ok(builder)
+    let catalog = open_catalog_of(store, store_args)?;
+    reconcile_quietly(&catalog);
+    Ok(Builder::new(Arc::new(catalog), Arc::new(sandbox), Arc::new(fetcher)))
 }
 
-/// Opens the builder for commands that never run steps (ls, prune, delete...): no runtime
-/// or registry needed.
-pub fn open_for_maintenance(global: &GlobalArgs, store_args: &StoreArgs) -> Result<Builder, CliError> {
+/// The catalog (database) of an opened store.
+pub fn open_catalog_of(store: Arc<dyn Store>, store_args: &StoreArgs) -> Result<Catalog, CliError> {
+    Catalog::open(store, store_args.id_scheme).map_err(|e| CliError::environment(anyhow::Error::new(e)))
+}
+
+/// Opens the catalog for commands that never run steps (ls, prune, delete...): no runtime
+/// or registry needed. Removes what killed strata processes left, and reconciles quietly.
+pub fn open_catalog(global: &GlobalArgs, store_args: &StoreArgs) -> Result<Catalog, CliError> {
     let store = open_store(global, store_args)?;
     // Steps of a strata that was killed: their containers, cgroups and bundles go now, as
     // when a build opens the store.
@@ -156,15 +161,9 @@ pub fn open_for_maintenance(global: &GlobalArgs, store_args: &StoreArgs) -> Resu
         }
         Err(e) => tracing::warn!("cleaning up leftover containers: {e}"),
     }
-    let builder = Builder::new(
-        store,
-        Arc::new(strata::builder::unavailable::NoSandbox),
-        Arc::new(strata::builder::unavailable::NoFetcher),
-        store_args.id_scheme,
-    )
-    .map_err(|e| CliError::environment(anyhow::Error::new(e)))?;
-    reconcile_quietly(&builder);
-    Ok(builder)
+    let catalog = open_catalog_of(store, store_args)?;
+    reconcile_quietly(&catalog);
+    Ok(catalog)
 }
 
 /// Where a store's sandbox keeps runtime state and bundles (as [`OciSandboxOptions`] says).
@@ -180,8 +179,8 @@ pub fn owner_alive(owners: &Path) -> impl Fn(&str) -> bool + '_ {
     move |tag| ProcessOwner::is_alive(owners, tag).unwrap_or(true)
 }
 
-fn reconcile_quietly(builder: &Builder) {
-    match builder.reconcile(true) {
+fn reconcile_quietly(catalog: &Catalog) {
+    match catalog.reconcile(true) {
         Ok(report) => {
             for line in &report.repairs {
                 tracing::info!("repaired: {line}");

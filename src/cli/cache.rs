@@ -29,56 +29,28 @@ pub enum CacheCommand {
 }
 
 pub fn run(global: &GlobalArgs, args: CacheArgs) -> CliResult {
-    let builder = backend::open_for_maintenance(global, &args.store)?;
+    let catalog = backend::open_catalog(global, &args.store)?;
     match args.command {
         CacheCommand::Ls { json } => {
-            let names = builder.store().list_caches().map_err(CliError::environment)?;
-            let used: std::collections::HashMap<String, i64> = builder
-                .db()
+            let caches: Vec<_> = catalog
                 .caches()
-                .map_err(CliError::environment)?
+                .map_err(CliError::catalog)?
                 .into_iter()
-                .map(|(name, _, used)| (name, used))
+                .filter(|c| c.on_disk)
                 .collect();
             if json {
-                let list: Vec<_> = names
-                    .iter()
-                    .map(|n| serde_json::json!({"name": n, "used": used.get(n)}))
-                    .collect();
-                println!("{}", serde_json::Value::Array(list));
+                println!("{}", serde_json::to_string(&caches).unwrap_or_default());
             } else {
-                for n in names {
-                    let when = used
-                        .get(&n)
-                        .map(|t| units::format_time(*t))
-                        .unwrap_or_else(|| "-".into());
-                    println!("{n:<40}  {when}");
+                for c in caches {
+                    let when = c.used.map(units::format_time).unwrap_or_else(|| "-".into());
+                    println!("{:<40}  {when}", c.name);
                 }
             }
         }
         CacheCommand::Rm { name } => {
             // A name that neither the store nor the database knows is a mistake (a typo, a
-            // cache already removed): say so rather than "Removed".
-            let on_disk = builder
-                .store()
-                .list_caches()
-                .map_err(CliError::environment)?
-                .contains(&name);
-            let recorded = builder
-                .db()
-                .caches()
-                .map_err(CliError::environment)?
-                .iter()
-                .any(|(n, _, _)| *n == name);
-            if !on_disk && !recorded {
-                return Err(CliError::usage(anyhow::anyhow!(
-                    "no cache named {name:?} (`strata cache ls` lists them)"
-                )));
-            }
-            if on_disk {
-                builder.store().delete_cache(&name).map_err(CliError::environment)?;
-            }
-            builder.db().delete_cache(&name).map_err(CliError::environment)?;
+            // cache already removed): the catalog says so (exit 2) rather than "Removed".
+            catalog.remove_cache(&name).map_err(CliError::catalog)?;
             println!("Removed cache {name}");
         }
     }

@@ -4,7 +4,7 @@ use clap::Args;
 
 use super::backend::StoreArgs;
 use super::{CliResult, GlobalArgs};
-use strata::builder::prune::PruneOptions;
+use strata::catalog::prune::PruneOptions;
 
 #[derive(Debug, Args)]
 pub struct CleanArgs {

@@ -14,19 +14,13 @@ pub struct DeleteArgs {
 }
 
 pub fn run(global: &GlobalArgs, args: DeleteArgs) -> CliResult {
-    let builder = backend::open_for_maintenance(global, &args.store)?;
     let id: strata_stores::StepId = args.id.parse().map_err(CliError::usage)?;
-    let known = builder
-        .db()
-        .exists(&id)
-        .map_err(|e| CliError::environment(anyhow::Error::new(e)))?;
-    if !known {
-        return Err(CliError::usage(anyhow::anyhow!("no item {id} in the store")));
-    }
-    let removed = builder
-        .delete_tree(id.as_str(), &mut |id| println!("Removing {id}"))
-        .map_err(|e| CliError::environment(anyhow::Error::new(e)))?;
-    if !removed.iter().any(|r| r == id.as_str()) {
+    let catalog = backend::open_catalog(global, &args.store)?;
+    catalog.item(&id).map_err(CliError::catalog)?;
+    let removed = catalog
+        .delete_tree(&id, &mut |id| println!("Removing {id}"))
+        .map_err(CliError::catalog)?;
+    if !removed.contains(&id) {
         return Err(CliError::environment(anyhow::anyhow!(
             "{id} (or a descendant) is in use by a running build; removed {} items",
             removed.len()

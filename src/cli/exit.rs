@@ -36,6 +36,14 @@ impl CliError {
     pub fn step_failed(error: impl Into<anyhow::Error>) -> CliError {
         CliError::new(STEP_FAILED, error)
     }
+    /// A catalog failure: an unknown item or cache is the user's mistake (usage), the rest
+    /// is the environment's.
+    pub fn catalog(error: strata::catalog::CatalogError) -> CliError {
+        match error {
+            strata::catalog::CatalogError::NotFound(_) => CliError::usage(error),
+            error => CliError::environment(error),
+        }
+    }
     /// Exit with `code` without printing anything (the command already said why).
     pub fn silent(code: u8) -> CliError {
         CliError {

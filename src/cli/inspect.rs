@@ -6,8 +6,7 @@ use clap::Args;
 
 use super::backend::{self, StoreArgs};
 use super::{exit, units, CliError, CliResult, GlobalArgs};
-use strata::builder::Builder;
-use strata::db::BuildRow;
+use strata_stores::StepId;
 
 #[derive(Debug, Args)]
 pub struct LsArgs {
@@ -38,16 +37,8 @@ pub struct DuArgs {
     pub store: StoreArgs,
 }
 
-fn env_err(e: impl Into<anyhow::Error>) -> CliError {
-    CliError::environment(e)
-}
-
-fn row(builder: &Builder, id: &str) -> Result<BuildRow, CliError> {
-    builder
-        .db()
-        .get(id)
-        .map_err(env_err)?
-        .ok_or_else(|| CliError::usage(anyhow::anyhow!("no item {id} in the store")))
+fn step_id(text: &str) -> Result<StepId, CliError> {
+    text.parse().map_err(CliError::usage)
 }
 
 fn short(id: &str) -> &str {
@@ -55,8 +46,8 @@ fn short(id: &str) -> &str {
 }
 
 pub fn ls(global: &GlobalArgs, args: LsArgs) -> CliResult {
-    let builder = backend::open_for_maintenance(global, &args.store)?;
-    let rows = builder.db().list().map_err(env_err)?;
+    let catalog = backend::open_catalog(global, &args.store)?;
+    let rows = catalog.items().map_err(CliError::catalog)?;
     if args.json {
         println!("{}", serde_json::to_string(&rows).unwrap_or_default());
         return Ok(exit::SUCCESS);
@@ -69,7 +60,7 @@ pub fn ls(global: &GlobalArgs, args: LsArgs) -> CliResult {
         println!(
             "{:<64}  {:<12}  {:<24}  {:<24}  {:>10}",
             r.id,
-            r.parent.as_deref().map(short).unwrap_or("-"),
+            r.parent.as_ref().map(|p| short(p.as_str())).unwrap_or("-"),
             units::format_time(r.created),
             units::format_time(r.used),
             units::format_size(r.size)
@@ -79,14 +70,9 @@ pub fn ls(global: &GlobalArgs, args: LsArgs) -> CliResult {
 }
 
 pub fn info(global: &GlobalArgs, args: IdArgs) -> CliResult {
-    let builder = backend::open_for_maintenance(global, &args.store)?;
-    let mut chain = vec![row(&builder, &args.id)?];
-    while let Some(parent) = chain.last().and_then(|r| r.parent.clone()) {
-        match builder.db().get(&parent).map_err(env_err)? {
-            Some(r) => chain.push(r),
-            None => break,
-        }
-    }
+    let id = step_id(&args.id)?;
+    let catalog = backend::open_catalog(global, &args.store)?;
+    let chain = catalog.chain(&id).map_err(CliError::catalog)?;
     if args.json {
         println!("{}", serde_json::to_string(&chain).unwrap_or_default());
         return Ok(exit::SUCCESS);
@@ -104,46 +90,37 @@ pub fn info(global: &GlobalArgs, args: IdArgs) -> CliResult {
     }
     println!("chain:");
     for r in &chain {
-        println!("  {}  {}", short(&r.id), r.op);
+        println!("  {}  {}", short(r.id.as_str()), r.op);
     }
     Ok(exit::SUCCESS)
 }
 
 pub fn log(global: &GlobalArgs, args: IdArgs) -> CliResult {
-    let builder = backend::open_for_maintenance(global, &args.store)?;
-    let id: strata_stores::StepId = args.id.parse().map_err(CliError::usage)?;
-    let path = builder
+    let id = step_id(&args.id)?;
+    let catalog = backend::open_catalog(global, &args.store)?;
+    let path = catalog
         .log_path(&id)
-        .map_err(env_err)?
+        .map_err(CliError::catalog)?
         .ok_or_else(|| CliError::usage(anyhow::anyhow!("no item {id} in the store")))?;
-    let bytes = std::fs::read(&path).map_err(|e| env_err(anyhow::anyhow!("reading {}: {e}", path.display())))?;
+    let bytes = std::fs::read(&path)
+        .map_err(|e| CliError::environment(anyhow::anyhow!("reading {}: {e}", path.display())))?;
     let _ = std::io::stdout().lock().write_all(&bytes);
     Ok(exit::SUCCESS)
 }
 
 pub fn du(global: &GlobalArgs, args: DuArgs) -> CliResult {
-    let builder = backend::open_for_maintenance(global, &args.store)?;
-    let rows = builder.db().list().map_err(env_err)?;
-    let caches = builder.store().list_caches().map_err(env_err)?;
-    let usage = builder.store().disk_usage().map_err(env_err)?;
-    let bytes: u64 = rows.iter().map(|r| r.size).sum();
+    let catalog = backend::open_catalog(global, &args.store)?;
+    let usage = catalog.usage().map_err(CliError::catalog)?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "items": rows.len(), "item_bytes": bytes, "caches": caches.len(),
-                "total_bytes": usage.total_bytes, "free_bytes": usage.free_bytes,
-                "free_percent": usage.free_percent(),
-            })
-        );
+        println!("{}", serde_json::to_string(&usage).unwrap_or_default());
     } else {
-        println!("items:  {} ({})", rows.len(), units::format_size(bytes));
-        println!("caches: {}", caches.len());
+        println!("items:  {} ({})", usage.items, units::format_size(usage.item_bytes));
+        println!("caches: {}", usage.caches);
         println!(
             "free:   {} of {} ({:.1}%)",
             units::format_size(usage.free_bytes),
             units::format_size(usage.total_bytes),
-            usage.free_percent()
+            usage.free_percent
         );
     }
     Ok(exit::SUCCESS)

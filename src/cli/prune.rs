@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::backend::{self, StoreArgs};
 use super::{exit, units, CliError, CliResult, GlobalArgs};
-use strata::builder::prune::{cutoff_older_than, KeepFree, PruneOptions, PruneReport, Removed};
+use strata::catalog::prune::{cutoff_older_than, KeepFree, PruneOptions, PruneReport, Removed};
 
 #[derive(Debug, Args)]
 pub struct PruneArgs {
@@ -72,7 +72,7 @@ pub fn print_report(report: &PruneReport, json: bool) {
 }
 
 pub fn run_prune(global: &GlobalArgs, store: &StoreArgs, options: PruneOptions, json: bool) -> CliResult {
-    let builder = backend::open_for_maintenance(global, store)?;
+    let catalog = backend::open_catalog(global, store)?;
     let verb = if options.dry_run { "Would remove" } else { "Removing" };
     let mut on_remove = |r: &Removed| {
         // `-q` (cron): only errors; `--json` still prints its object.
@@ -85,9 +85,7 @@ pub fn run_prune(global: &GlobalArgs, store: &StoreArgs, options: PruneOptions, 
             );
         }
     };
-    let report = builder
-        .prune(&options, &mut on_remove)
-        .map_err(|e| CliError::environment(anyhow::Error::new(e)))?;
+    let report = catalog.prune(&options, &mut on_remove).map_err(CliError::catalog)?;
     if json || !global.quiet {
         print_report(&report, json);
     }

@@ -22,9 +22,9 @@ pub struct VerifyArgs {
 #[derive(serde::Serialize)]
 struct JsonReport<'a> {
     #[serde(flatten)]
-    report: &'a strata::builder::reconcile::Report,
+    report: &'a strata::catalog::reconcile::Report,
     #[serde(skip_serializing_if = "Option::is_none")]
-    remaining: Option<&'a [strata::builder::reconcile::Problem]>,
+    remaining: Option<&'a [strata::catalog::reconcile::Problem]>,
     /// What killed strata processes left of their steps (containers, cgroups, bundles);
     /// removed with `--repair`.
     leftovers: &'a [Orphan],
@@ -34,16 +34,10 @@ struct JsonReport<'a> {
 
 pub fn run(global: &GlobalArgs, args: VerifyArgs) -> CliResult {
     // Open without the start-up repair (the store keeps the temporaries of dead processes,
-    // the builder does not reconcile), so verify sees the store as it is.
+    // the catalog does not reconcile), so verify sees the store as it is.
     let store = backend::open_store_with(global, &args.store, strata_stores::Leftovers::Keep)?;
-    let builder = strata::builder::Builder::new(
-        store,
-        std::sync::Arc::new(strata::builder::unavailable::NoSandbox),
-        std::sync::Arc::new(strata::builder::unavailable::NoFetcher),
-        args.store.id_scheme,
-    )
-    .map_err(|e| CliError::environment(anyhow::Error::new(e)))?;
-    let state = builder.store().state_dir();
+    let catalog = backend::open_catalog_of(store, &args.store)?;
+    let state = catalog.state_dir();
     let dirs = backend::sandbox_dirs(&state);
     let owners = state.join("owners");
     let alive = backend::owner_alive(&owners);
@@ -51,15 +45,11 @@ pub fn run(global: &GlobalArgs, args: VerifyArgs) -> CliResult {
     if args.repair && !leftovers.is_empty() {
         dirs.remove_orphans(&alive).map_err(CliError::environment)?;
     }
-    let report = builder
-        .reconcile(args.repair)
-        .map_err(|e| CliError::environment(anyhow::Error::new(e)))?;
+    let report = catalog.reconcile(args.repair).map_err(CliError::catalog)?;
     let clean = report.problems.is_empty() && leftovers.is_empty();
     // Repaired: consistent now?
     let after = if args.repair && !clean {
-        let after = builder
-            .reconcile(false)
-            .map_err(|e| CliError::environment(anyhow::Error::new(e)))?;
+        let after = catalog.reconcile(false).map_err(CliError::catalog)?;
         let still = dirs.find_orphans(&alive).map_err(CliError::environment)?;
         Some((after, still))
     } else {

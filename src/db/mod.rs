@@ -73,11 +73,13 @@ impl DbError {
     }
 }
 
-/// One committed item.
+/// One committed item. Ids are parsed once, here: a row whose id or parent is not a step id
+/// (a database edited by hand) is never returned as a `BuildRow`; [`Db::invalid_rows`] lists
+/// those for `verify`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct BuildRow {
-    pub id: String,
-    pub parent: Option<String>,
+    pub id: StepId,
+    pub parent: Option<StepId>,
     pub created: i64,
     pub used: i64,
     pub size: u64,
@@ -86,6 +88,13 @@ pub struct BuildRow {
     pub base_digest: Option<String>,
     /// Number of items whose parent this is.
     pub children: u64,
+}
+
+/// A child row of an item: most have a step id; one edited by hand may not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Child {
+    Valid(StepId),
+    Invalid(String),
 }
 
 /// What to record when an item is committed.
@@ -298,10 +307,20 @@ impl Db {
             .map_err(|e| self.err(e))
     }
 
+    fn step_id(r: &rusqlite::Row<'_>, column: usize) -> rusqlite::Result<StepId> {
+        let text: String = r.get(column)?;
+        text.parse()
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, Box::new(e)))
+    }
+
     fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BuildRow> {
+        let parent: Option<String> = r.get(1)?;
         Ok(BuildRow {
-            id: r.get(0)?,
-            parent: r.get(1)?,
+            id: Self::step_id(r, 0)?,
+            parent: match parent {
+                Some(_) => Some(Self::step_id(r, 1)?),
+                None => None,
+            },
             created: r.get(2)?,
             used: r.get(3)?,
             size: r.get::<_, i64>(4)? as u64,
@@ -312,20 +331,35 @@ impl Db {
         })
     }
 
-    const SELECT: &'static str = "SELECT b.id, b.parent, b.created, b.used, b.size, b.duration_ms, b.op, b.base_digest,
-            (SELECT COUNT(*) FROM builds c WHERE c.parent = b.id) FROM builds b";
+    /// SQL for "this column holds a step id" (64 lowercase hex digits, as [`StepId`]).
+    const VALID_ID: &'static str = "length({c}) = 64 AND {c} NOT GLOB '*[^0-9a-f]*'";
 
-    pub fn get(&self, id: &str) -> Result<Option<BuildRow>, DbError> {
-        let sql = format!("{} WHERE b.id = ?1", Self::SELECT);
+    fn valid(column: &str) -> String {
+        Self::VALID_ID.replace("{c}", column)
+    }
+
+    /// The rows a query may return: valid id, and a valid parent or none.
+    fn select(condition: &str) -> String {
+        format!(
+            "SELECT b.id, b.parent, b.created, b.used, b.size, b.duration_ms, b.op, b.base_digest,
+               (SELECT COUNT(*) FROM builds c WHERE c.parent = b.id) FROM builds b
+             WHERE {} AND (b.parent IS NULL OR {}) AND ({condition})",
+            Self::valid("b.id"),
+            Self::valid("b.parent")
+        )
+    }
+
+    pub fn get(&self, id: &StepId) -> Result<Option<BuildRow>, DbError> {
+        let sql = Self::select("b.id = ?1");
         self.conn
-            .query_row(&sql, [id], Self::row)
+            .query_row(&sql, [id.as_str()], Self::row)
             .optional()
             .map_err(|e| self.err(e))
     }
 
     /// Every item, least recently used first.
     pub fn list(&self) -> Result<Vec<BuildRow>, DbError> {
-        let sql = format!("{} ORDER BY b.used ASC, b.id ASC", Self::SELECT);
+        let sql = format!("{} ORDER BY b.used ASC, b.id ASC", Self::select("1"));
         let mut stmt = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([], Self::row)
@@ -335,25 +369,56 @@ impl Db {
         Ok(rows)
     }
 
-    pub fn children(&self, id: &str) -> Result<Vec<String>, DbError> {
+    /// The ids recorded with `id` as their parent (every such row: one with an invalid own
+    /// id is returned as [`Child::Invalid`], so that deleting a tree removes it too).
+    pub fn children(&self, id: &StepId) -> Result<Vec<Child>, DbError> {
         let mut stmt = self
             .conn
             .prepare("SELECT id FROM builds WHERE parent = ?1 ORDER BY id")
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map([id], |r| r.get(0))
+            .query_map([id.as_str()], |r| r.get::<_, String>(0))
+            .map_err(|e| self.err(e))?
+            .collect::<Result<Vec<String>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows
+            .into_iter()
+            .map(|text| match text.parse() {
+                Ok(id) => Child::Valid(id),
+                Err(_) => Child::Invalid(text),
+            })
+            .collect())
+    }
+
+    /// Rows whose id, or parent, is not a step id (a database edited by hand): their raw ids.
+    pub fn invalid_rows(&self) -> Result<Vec<String>, DbError> {
+        let sql = format!(
+            "SELECT id FROM builds b WHERE NOT ({}) OR (b.parent IS NOT NULL AND NOT ({})) ORDER BY id",
+            Self::valid("b.id"),
+            Self::valid("b.parent")
+        );
+        let mut stmt = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| r.get(0))
             .map_err(|e| self.err(e))?
             .collect::<Result<Vec<String>, _>>()
             .map_err(|e| self.err(e))?;
         Ok(rows)
     }
 
+    /// Deletes a row by its raw id: for [`Db::invalid_rows`] only.
+    pub fn delete_invalid(&self, raw_id: &str) -> Result<(), DbError> {
+        self.conn
+            .execute("DELETE FROM builds WHERE id = ?1", [raw_id])
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     /// Leaves (items without children) last used before `before_ms`, oldest first.
     pub fn lru_leaves(&self, before_ms: i64, limit: usize) -> Result<Vec<BuildRow>, DbError> {
         let sql = format!(
-            "{} WHERE b.used < ?1 AND NOT EXISTS (SELECT 1 FROM builds c WHERE c.parent = b.id)
-             ORDER BY b.used ASC, b.id ASC LIMIT ?2",
-            Self::SELECT
+            "{} ORDER BY b.used ASC, b.id ASC LIMIT ?2",
+            Self::select("b.used < ?1 AND NOT EXISTS (SELECT 1 FROM builds c WHERE c.parent = b.id)")
         );
         let mut stmt = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
         let rows = stmt
@@ -364,22 +429,22 @@ impl Db {
         Ok(rows)
     }
 
-    pub fn delete(&self, id: &str) -> Result<(), DbError> {
+    pub fn delete(&self, id: &StepId) -> Result<(), DbError> {
         self.conn
-            .execute("DELETE FROM builds WHERE id = ?1", [id])
+            .execute("DELETE FROM builds WHERE id = ?1", [id.as_str()])
             .map_err(|e| self.err(e))?;
         Ok(())
     }
 
     /// Deletes the rows of `ids` in one transaction: one set of journal syncs for the lot.
-    pub fn delete_many(&self, ids: &[&str]) -> Result<(), DbError> {
+    pub fn delete_many(&self, ids: &[&StepId]) -> Result<(), DbError> {
         let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
         {
             let mut stmt = tx
                 .prepare_cached("DELETE FROM builds WHERE id = ?1")
                 .map_err(|e| self.err(e))?;
             for id in ids {
-                stmt.execute([id]).map_err(|e| self.err(e))?;
+                stmt.execute([id.as_str()]).map_err(|e| self.err(e))?;
             }
         }
         tx.commit().map_err(|e| self.err(e))
@@ -393,18 +458,19 @@ impl Db {
     }
 
     /// Rows whose parent has no row (a store damaged outside strata).
-    pub fn orphans(&self) -> Result<Vec<String>, DbError> {
+    pub fn orphans(&self) -> Result<Vec<StepId>, DbError> {
         let mut stmt = self
             .conn
             .prepare(
                 "SELECT b.id FROM builds b WHERE b.parent IS NOT NULL
-                 AND NOT EXISTS (SELECT 1 FROM builds p WHERE p.id = b.parent) ORDER BY b.id",
+                 AND NOT EXISTS (SELECT 1 FROM builds p WHERE p.id = b.parent)
+                 AND length(b.id) = 64 AND b.id NOT GLOB '*[^0-9a-f]*' ORDER BY b.id",
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map([], |r| r.get(0))
+            .query_map([], |r| Self::step_id(r, 0))
             .map_err(|e| self.err(e))?
-            .collect::<Result<Vec<String>, _>>()
+            .collect::<Result<Vec<StepId>, _>>()
             .map_err(|e| self.err(e))?;
         Ok(rows)
     }
@@ -489,21 +555,46 @@ mod tests {
             .into_iter()
             .map(|r| r.id)
             .collect();
-        assert_eq!(leaves, vec![id(3).to_string()]);
-        assert_eq!(db.get(id(1).as_str()).unwrap().unwrap().children, 1);
-        db.delete(id(3).as_str()).unwrap();
+        assert_eq!(leaves, vec![id(3)]);
+        assert_eq!(db.get(&id(1)).unwrap().unwrap().children, 1);
+        db.delete(&id(3)).unwrap();
         let leaves: Vec<_> = db
             .lru_leaves(far_future, 10)
             .unwrap()
             .into_iter()
             .map(|r| r.id)
             .collect();
-        assert_eq!(leaves, vec![id(2).to_string()]);
+        assert_eq!(leaves, vec![id(2)]);
         assert!(
             db.lru_leaves(0, 10).unwrap().is_empty(),
             "nothing used before the epoch"
         );
         assert_eq!(db.count().unwrap(), 2);
+    }
+
+    #[test]
+    fn rows_with_invalid_ids_are_listed_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        add(&db, 1, None);
+        add(&db, 2, Some(1));
+        db.conn
+            .execute_batch(&format!(
+                "INSERT INTO builds (id, parent, created, used) VALUES ('../x', NULL, 0, 0);
+                 INSERT INTO builds (id, parent, created, used) VALUES ('{}', 'BAD', 0, 0);
+                 INSERT INTO builds (id, parent, created, used) VALUES ('short', '{}', 0, 0);",
+                id(3),
+                id(2)
+            ))
+            .unwrap();
+        let listed: Vec<StepId> = db.list().unwrap().into_iter().map(|r| r.id).collect();
+        assert_eq!(listed.len(), 2, "only the valid rows: {listed:?}");
+        let mut invalid = db.invalid_rows().unwrap();
+        invalid.sort();
+        assert_eq!(invalid, vec!["../x".to_owned(), id(3).to_string(), "short".to_owned()]);
+        assert_eq!(db.children(&id(2)).unwrap(), vec![Child::Invalid("short".into())]);
+        db.delete_invalid("short").unwrap();
+        assert!(db.children(&id(2)).unwrap().is_empty());
     }
 
     #[test]
@@ -547,7 +638,7 @@ mod tests {
         }
         let db = Db::open(dir.path()).unwrap();
         assert_eq!(db.count().unwrap(), 2);
-        assert_eq!(db.orphans().unwrap(), vec![id(2).to_string()]);
+        assert_eq!(db.orphans().unwrap(), vec![id(2)]);
         assert!(db.quick_check().unwrap().is_empty());
     }
 }

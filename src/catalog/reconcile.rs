@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use strata_stores::StepId;
 
-use super::{BuildError, Builder, ItemMeta};
+use super::{Catalog, CatalogError, ItemMeta};
 use crate::db::NewBuild;
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -27,6 +27,8 @@ use crate::db::NewBuild;
 pub enum Problem {
     /// SQLite's own check failed.
     Database { message: String },
+    /// A row whose id or parent is not a step id (a database edited by hand).
+    InvalidRow { id: String },
     /// A row whose item is not in the store.
     RowWithoutResult { id: String },
     /// A committed item without a row.
@@ -44,6 +46,7 @@ impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Problem::Database { message } => write!(f, "database check failed: {message}"),
+            Problem::InvalidRow { id } => write!(f, "{id:?}: a row whose id or parent is not a step id"),
             Problem::RowWithoutResult { id } => write!(f, "{id}: recorded in the database but missing from the store"),
             Problem::ResultWithoutRow { id } => write!(f, "{id}: in the store but not in the database"),
             Problem::MissingParent { id, parent } => write!(f, "{id}: parent {parent} is not recorded"),
@@ -60,11 +63,11 @@ pub struct Report {
     pub repairs: Vec<String>,
 }
 
-impl Builder {
+impl Catalog {
     /// Checks the store against the database; with `repair`, fixes what it finds.
-    pub fn reconcile(&self, repair: bool) -> Result<Report, BuildError> {
+    pub fn reconcile(&self, repair: bool) -> Result<Report, CatalogError> {
         let mut report = Report::default();
-        let store = self.store();
+        let store = &*self.store;
         let messages = self.db().quick_check()?;
         for message in messages {
             report.problems.push(Problem::Database { message });
@@ -86,7 +89,15 @@ impl Builder {
         let rows = self.db().list()?;
         let results: BTreeSet<StepId> = store.list_results()?.into_iter().collect();
         let row_ids: HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
-        let mut doomed: Vec<String> = Vec::new();
+        let mut doomed: Vec<StepId> = Vec::new();
+        // Rows no build wrote (a database edited by hand): they name no item; only the row goes.
+        for raw in self.db().invalid_rows()? {
+            report.problems.push(Problem::InvalidRow { id: raw.clone() });
+            if repair {
+                self.db().delete_invalid(&raw)?;
+                report.repairs.push(format!("removed the row {raw:?} (not a step id)"));
+            }
+        }
 
         let incomplete: BTreeSet<StepId> = store
             .incomplete_items()?
@@ -102,9 +113,9 @@ impl Builder {
         for id in &incomplete {
             if row_ids.contains(id.as_str()) {
                 // Removed with its descendants below.
-                doomed.push(id.to_string());
+                doomed.push(id.clone());
             } else if repair {
-                if let Some(lease) = self.leases().try_exclusive(id)? {
+                if let Some(lease) = self.leases.try_exclusive(id)? {
                     store.delete(id)?;
                     lease.removed();
                     report
@@ -126,7 +137,7 @@ impl Builder {
                     adoptable.insert(id.clone(), meta);
                 }
                 None if repair => {
-                    if let Some(lease) = self.leases().try_exclusive(id)? {
+                    if let Some(lease) = self.leases.try_exclusive(id)? {
                         store.delete(id)?;
                         lease.removed();
                         report
@@ -155,26 +166,21 @@ impl Builder {
                         parent: parent.clone(),
                     });
                     unadoptable.insert(id);
-                    doomed.push(id.to_string());
+                    doomed.push(id.clone());
                 }
             }
         }
 
         for row in &rows {
-            let Ok(id) = row.id.parse::<StepId>() else {
-                report.problems.push(Problem::RowWithoutResult { id: row.id.clone() });
-                doomed.push(row.id.clone());
-                continue;
-            };
-            if !results.contains(&id) {
-                report.problems.push(Problem::RowWithoutResult { id: row.id.clone() });
+            if !results.contains(&row.id) {
+                report.problems.push(Problem::RowWithoutResult { id: row.id.to_string() });
                 doomed.push(row.id.clone());
             }
             if let Some(parent) = &row.parent {
                 if !recorded.contains(parent.as_str()) {
                     report.problems.push(Problem::MissingParent {
-                        id: row.id.clone(),
-                        parent: parent.clone(),
+                        id: row.id.to_string(),
+                        parent: parent.to_string(),
                     });
                     doomed.push(row.id.clone());
                 }
@@ -185,7 +191,7 @@ impl Builder {
             // then found as its child, and goes with it.
             for (id, meta) in &adoptable {
                 // Recorded meanwhile by the build that committed it: its row says more.
-                if unadoptable.contains(id) || self.db().get(id.as_str())?.is_some() {
+                if unadoptable.contains(id) || self.db().get(id)?.is_some() {
                     continue;
                 }
                 let parent: Option<StepId> = meta.parent.as_deref().and_then(|p| p.parse().ok());
@@ -201,7 +207,7 @@ impl Builder {
             }
             let mut seen = HashSet::new();
             doomed.retain(|id| seen.insert(id.clone()));
-            let mut gone: HashSet<String> = HashSet::new();
+            let mut gone: HashSet<StepId> = HashSet::new();
             for id in doomed {
                 // Gone already, as a descendant of one removed before.
                 if gone.contains(&id) {
@@ -226,51 +232,11 @@ impl Builder {
     /// there, without asking the store for the item: that would mount the overlay store's
     /// view, which fails for an item whose parent layer is gone. Else (a ZFS dataset not
     /// mounted) through [`strata_stores::Store::result`].
-    fn item_meta(&self, id: &StepId) -> Result<Option<ItemMeta>, BuildError> {
-        let dir = self.store().root().join("result").join(id.as_str());
+    fn item_meta(&self, id: &StepId) -> Result<Option<ItemMeta>, CatalogError> {
+        let dir = self.store.root().join("result").join(id.as_str());
         if let Some(meta) = ItemMeta::read(&dir) {
             return Ok(Some(meta));
         }
-        Ok(self.store().result(id)?.as_deref().and_then(ItemMeta::read))
-    }
-
-    /// Deletes `id` and every descendant, children first; `on_delete` sees each id just
-    /// before it goes. Items leased by a running build are skipped (with their ancestors).
-    pub fn delete_tree(&self, id: &str, on_delete: &mut dyn FnMut(&str)) -> Result<Vec<String>, BuildError> {
-        let mut removed = Vec::new();
-        self.delete_tree_inner(id, on_delete, &mut removed)?;
-        Ok(removed)
-    }
-
-    fn delete_tree_inner(
-        &self,
-        id: &str,
-        on_delete: &mut dyn FnMut(&str),
-        removed: &mut Vec<String>,
-    ) -> Result<bool, BuildError> {
-        let mut all_children_gone = true;
-        let children = self.db().children(id)?;
-        for child in children {
-            all_children_gone &= self.delete_tree_inner(&child, on_delete, removed)?;
-        }
-        if !all_children_gone {
-            return Ok(false);
-        }
-        let Ok(step) = id.parse::<StepId>() else {
-            self.db().delete(id)?;
-            removed.push(id.to_owned());
-            return Ok(true);
-        };
-        let Some(lease) = self.leases().try_exclusive(&step)? else {
-            return Ok(false);
-        };
-        on_delete(id);
-        // Without asking `result` first: that would mount the view of an item that may be
-        // incomplete; deleting an absent item is a no-op on every store.
-        self.store().delete(&step)?;
-        self.db().delete(id)?;
-        lease.removed();
-        removed.push(id.to_owned());
-        Ok(true)
+        Ok(self.store.result(id)?.as_deref().and_then(ItemMeta::read))
     }
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use strata_stores::StepId;
 
 use super::lease::ExclusiveLease;
-use super::{BuildError, Builder};
+use super::{Catalog, CatalogError};
 use crate::db::BuildRow;
 
 /// When prune may stop early.
@@ -44,7 +44,7 @@ pub struct PruneOptions {
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Removed {
-    pub id: String,
+    pub id: StepId,
     pub size: u64,
     pub used: i64,
 }
@@ -65,21 +65,21 @@ pub struct PruneReport {
 
 const BATCH: usize = 64;
 
-impl Builder {
+impl Catalog {
     fn target_met(
         &self,
         options: &PruneOptions,
         start_free: u64,
         freed: u64,
         used_total: u64,
-    ) -> Result<Option<String>, BuildError> {
+    ) -> Result<Option<String>, CatalogError> {
         if let Some(max) = options.max_used {
             if used_total <= max {
                 return Ok(Some(format!("items use {used_total} bytes, at most {max}")));
             }
         }
         if let Some(keep) = options.keep_free {
-            let usage = self.store().disk_usage()?;
+            let usage = self.store.disk_usage()?;
             let free = usage
                 .free_bytes
                 .max(start_free.saturating_add(freed))
@@ -99,22 +99,22 @@ impl Builder {
         &self,
         options: &PruneOptions,
         on_remove: &mut dyn FnMut(&Removed),
-    ) -> Result<PruneReport, BuildError> {
+    ) -> Result<PruneReport, CatalogError> {
         let started = Instant::now();
         let mut report = PruneReport {
             dry_run: options.dry_run,
             ..PruneReport::default()
         };
-        let start_free = self.store().disk_usage()?.free_bytes;
+        let start_free = self.store.disk_usage()?.free_bytes;
         let mut used_total: u64 = self.db().list()?.iter().map(|r| r.size).sum();
         if options.dry_run {
             self.plan_prune(options, start_free, &mut used_total, &mut report, on_remove)?;
             if options.caches {
                 // Each would be tried; one a build holds then may be skipped (Busy).
-                report.caches_removed = self.store().list_caches()?;
+                report.caches_removed = self.store.list_caches()?;
             }
         } else {
-            let mut skipped: HashSet<String> = HashSet::new();
+            let mut skipped: HashSet<StepId> = HashSet::new();
             loop {
                 let removed = report.removed.len();
                 if let Some(why) = self.should_stop(options, start_free, removed, report.bytes_freed, used_total)? {
@@ -144,23 +144,20 @@ impl Builder {
                     {
                         break;
                     }
-                    let Ok(id) = candidate.id.parse::<StepId>() else {
-                        self.db().delete(&candidate.id)?;
-                        continue;
-                    };
-                    let Some(lease) = self.leases().try_exclusive(&id)? else {
+                    let id = candidate.id.clone();
+                    let Some(lease) = self.leases.try_exclusive(&id)? else {
                         skipped.insert(candidate.id.clone());
                         report.skipped_in_use += 1;
                         continue;
                     };
                     // Re-check under the lease: still recorded, still a leaf, still old.
-                    let fresh = self.db().get(id.as_str())?;
+                    let fresh = self.db().get(&id)?;
                     let Some(fresh) = fresh else { continue };
                     if fresh.children > 0 || fresh.used >= options.before_ms {
                         continue;
                     }
-                    if self.store().result(&id)?.is_some() {
-                        self.store().delete(&id)?;
+                    if self.store.result(&id)?.is_some() {
+                        self.store.delete(&id)?;
                     }
                     report.bytes_freed += fresh.size;
                     used_total = used_total.saturating_sub(fresh.size);
@@ -175,7 +172,7 @@ impl Builder {
                 self.forget_removed(done, &mut report, on_remove)?;
             }
             if !report.removed.is_empty() {
-                self.store().complete_deletes()?;
+                self.store.complete_deletes()?;
             }
             if options.caches {
                 self.prune_caches(&mut report)?;
@@ -194,7 +191,7 @@ impl Builder {
         removed: usize,
         freed: u64,
         used_total: u64,
-    ) -> Result<Option<String>, BuildError> {
+    ) -> Result<Option<String>, CatalogError> {
         if options.keep_free.is_some() || options.max_used.is_some() {
             if let Some(why) = self.target_met(options, start_free, freed, used_total)? {
                 return Ok(Some(format!("target met: {why}")));
@@ -214,11 +211,11 @@ impl Builder {
         done: Vec<(ExclusiveLease, Removed)>,
         report: &mut PruneReport,
         on_remove: &mut dyn FnMut(&Removed),
-    ) -> Result<(), BuildError> {
+    ) -> Result<(), CatalogError> {
         if done.is_empty() {
             return Ok(());
         }
-        let ids: Vec<&str> = done.iter().map(|(_, r)| r.id.as_str()).collect();
+        let ids: Vec<&StepId> = done.iter().map(|(_, r)| &r.id).collect();
         // (Bound first: the database guard must not live into the retry.)
         let deleted = self.db().delete_many(&ids);
         if let Err(e) = deleted {
@@ -227,7 +224,7 @@ impl Builder {
             }
             // A full disk: what the deletes freed comes back only once the filesystem's
             // cleaner has run (btrfs, ZFS). Wait for it, then retry.
-            self.store().complete_deletes()?;
+            self.store.complete_deletes()?;
             self.db().delete_many(&ids)?;
         }
         for (lease, removed) in done {
@@ -238,9 +235,9 @@ impl Builder {
         Ok(())
     }
 
-    fn prune_caches(&self, report: &mut PruneReport) -> Result<(), BuildError> {
-        for name in self.store().list_caches()? {
-            match self.store().delete_cache(&name) {
+    fn prune_caches(&self, report: &mut PruneReport) -> Result<(), CatalogError> {
+        for name in self.store.list_caches()? {
+            match self.store.delete_cache(&name) {
                 Ok(()) => {
                     self.db().delete_cache(&name)?;
                     report.caches_removed.push(name);
@@ -260,15 +257,15 @@ impl Builder {
         used_total: &mut u64,
         report: &mut PruneReport,
         on_remove: &mut dyn FnMut(&Removed),
-    ) -> Result<(), BuildError> {
+    ) -> Result<(), CatalogError> {
         let rows = self.db().list()?;
-        let mut children: HashMap<String, usize> = HashMap::new();
+        let mut children: HashMap<StepId, usize> = HashMap::new();
         for r in &rows {
             if let Some(p) = &r.parent {
                 *children.entry(p.clone()).or_default() += 1;
             }
         }
-        let mut gone: HashSet<String> = HashSet::new();
+        let mut gone: HashSet<StepId> = HashSet::new();
         loop {
             let removed = report.removed.len();
             if let Some(why) = self.should_stop(options, start_free, removed, report.bytes_freed, *used_total)? {
