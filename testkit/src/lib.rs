@@ -4,6 +4,7 @@
 //! verbs (so benchmarks, the README's main job and tests share one implementation), wrapped
 //! here in a guard whose `Drop` always runs `destroy`, even when the test panics.
 
+pub mod fakes;
 pub mod leftovers;
 pub mod overlay;
 pub mod registry;
