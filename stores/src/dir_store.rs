@@ -164,17 +164,9 @@ fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), StoreError> {
     std::os::unix::fs::lchown(path, Some(uid), Some(gid)).context(|| format!("changing owner of {}", path.display()))
 }
 
-/// Free and total space of the filesystem holding `path`, from statvfs (what an
-/// unprivileged user may use counts as free).
-pub fn statvfs_usage(path: &Path) -> Result<DiskUsage, StoreError> {
-    let st = nix::sys::statvfs::statvfs(path)
-        .map_err(|e| StoreError::io(format!("statvfs {}", path.display()), io::Error::from(e)))?;
-    let frsize = st.fragment_size() as u64;
-    Ok(DiskUsage {
-        total_bytes: st.blocks() as u64 * frsize,
-        free_bytes: st.blocks_available() as u64 * frsize,
-    })
-}
+/// Free and total space of the filesystem holding `path` (kept here for callers of its
+/// old place; it lives in [`crate::size`]).
+pub use crate::size::statvfs_usage;
 
 impl<T: TreeOps> Store for DirStore<T> {
     fn spec(&self) -> &StoreSpec {

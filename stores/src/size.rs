@@ -1,5 +1,6 @@
-//! The apparent size of a tree: what an item "weighs" when the backend cannot tell cheaply
-//! which of its blocks it shares with its parent.
+//! Sizes: the apparent size of a tree (what an item "weighs" when the backend cannot tell
+//! cheaply which of its blocks it shares with its parent) and the space of the filesystem
+//! holding a store.
 
 use std::collections::HashSet;
 use std::fs;
@@ -8,7 +9,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use crate::error::IoContext;
-use crate::StoreError;
+use crate::{DiskUsage, StoreError};
 
 /// Sum of the lengths of the regular files and symlinks under `root`, counting each inode
 /// once (hard links) and not following symlinks. Directories count nothing. Entries that
@@ -40,6 +41,18 @@ pub fn apparent_size(root: &Path) -> Result<u64, StoreError> {
         }
     }
     Ok(total)
+}
+
+/// Free and total space of the filesystem holding `path`, from statvfs (what an
+/// unprivileged user may use counts as free).
+pub fn statvfs_usage(path: &Path) -> Result<DiskUsage, StoreError> {
+    let st = nix::sys::statvfs::statvfs(path)
+        .map_err(|e| StoreError::io(format!("statvfs {}", path.display()), io::Error::from(e)))?;
+    let frsize = st.fragment_size() as u64;
+    Ok(DiskUsage {
+        total_bytes: st.blocks() as u64 * frsize,
+        free_bytes: st.blocks_available() as u64 * frsize,
+    })
 }
 
 #[cfg(test)]

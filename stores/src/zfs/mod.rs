@@ -365,13 +365,7 @@ impl Store for ZfsStore {
 
     fn disk_usage(&self) -> Result<DiskUsage, StoreError> {
         // The pool's statvfs (zfs-fuse and OpenZFS both report the pool's space there).
-        let stat = nix::sys::statvfs::statvfs(&self.root)
-            .map_err(|e| StoreError::io(format!("statvfs {}", self.root.display()), e.into()))?;
-        let block = stat.fragment_size() as u64;
-        Ok(DiskUsage {
-            total_bytes: stat.blocks() as u64 * block,
-            free_bytes: stat.blocks_available() as u64 * block,
-        })
+        crate::size::statvfs_usage(&self.root)
     }
 }
 
