@@ -163,3 +163,67 @@ fn completions_and_man_page() {
     let page = text(&out.stdout);
     assert!(page.contains(".TH strata") && page.contains("check"), "{page}");
 }
+
+/// What OBuilder's parser accepts but strata cannot build (a network other than `host`,
+/// several sources into a destination without a trailing `/`, an empty `(src)`): `check`
+/// accepts it with warnings, `fmt` and `dockerfile` take it, `build` refuses it before
+/// anything runs, each problem at its position (exit 2).
+#[test]
+fn obuilder_only_forms_check_and_convert_but_build_refuses_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("obuilder.spec");
+    std::fs::write(
+        &spec,
+        "((from mcr.microsoft.com/windows/servercore:ltsc2022)\n (run (network \"nat\") (shell \"mkdir C:\\obuilder\"))\n (copy (src a b) (dst c))\n (copy (src) (dst d))\n (user (name Zaphod))\n (copy (src a b) (dst c/)))\n",
+    )
+    .unwrap();
+    let path = spec.to_str().unwrap();
+    let out = strata(&["check", path], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), format!("{path}: ok\n"));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "{path}:2:2: warning: unsupported network \"nat\": only (network host) is allowed; omit network for an isolated one\n\
+             {path}:3:2: warning: copying several sources needs a destination ending in \"/\", found \"c\"\n\
+             {path}:4:2: warning: (src) is empty: copy needs at least one source\n"
+        )
+    );
+    let out = strata(&["fmt", "--check", path], None);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let out = strata(&["fmt", path], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(" (run (network nat)\n"),
+        "{}",
+        text(&out.stdout)
+    );
+    let body = "FROM mcr.microsoft.com/windows/servercore:ltsc2022\nRUN mkdir C:\\obuilder\nCOPY a b c\nCOPY  d\nUSER Zaphod\nCOPY a b c/\n";
+    for flags in [&[][..], &["--buildkit"][..]] {
+        let args: Vec<&str> = ["dockerfile", "-f", path].iter().chain(flags).copied().collect();
+        let out = strata(&args, None);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), body);
+    }
+    let out = strata(&["dockerfile", "-f", path, "--escape", "windows"], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), format!("#escape=`\n{body}"));
+    // `build` stops at the spec: no store is opened, the context is not even looked at.
+    let store = dir.path().join("store");
+    let store_arg = format!("rsync:{}", store.display());
+    let out = strata(
+        &["--store", &store_arg, "build", "-f", path, "/nonexistent-context"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "{path}:2:2: error: unsupported network \"nat\": only (network host) is allowed; omit network for an isolated one\n\
+             {path}:3:2: error: copying several sources needs a destination ending in \"/\", found \"c\"\n\
+             {path}:4:2: error: (src) is empty: copy needs at least one source\n"
+        )
+    );
+    assert!(!store.exists());
+}

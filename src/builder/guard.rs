@@ -5,10 +5,15 @@
 //! - A working directory under `/proc`, `/sys` or `/dev`: `(workdir /proc/self/fd/N)` is how
 //!   CVE-2024-21626 reaches a descriptor runc leaked; no real build needs one.
 //! - `(network host)` when the operator passed `--no-host-network`.
+//! - What OBuilder's parser accepts but no strata build runs (OBuilder's own build fails on
+//!   the first two; its Docker backend passes other networks to Docker): a network other than
+//!   `host` (`(network "nat")` in its Windows example), several sources copied to a destination
+//!   not ending in `/`, an empty `(src)`. `check`, `fmt` and `dockerfile` take these, as OBuilder
+//!   does; the spec parser no longer refuses them.
 
 use std::path::{Component, Path};
 
-use crate::spec::{Op, Span, Spec, SpecError};
+use crate::spec::{Copy, Op, Span, Spec, SpecError};
 
 /// What the operator forbids beyond the spec language.
 #[derive(Debug, Clone, Copy, Default)]
@@ -125,9 +130,71 @@ fn collect_host_network(spec: &Spec, found: &mut Vec<Finding>) {
     }
 }
 
-/// What `build` refuses under `policy`, in spec order.
+/// Every `run` and `copy` of `spec` and its stages that OBuilder reads but strata cannot run
+/// under any policy: a network other than `host`, several sources into a destination without
+/// a trailing `/`, an empty `(src)`.
+pub fn unsupported_findings(spec: &Spec) -> Vec<Finding> {
+    let mut found = Vec::new();
+    collect_unsupported(spec, &mut found);
+    found
+}
+
+fn collect_unsupported(spec: &Spec, found: &mut Vec<Finding>) {
+    for stage in &spec.stages {
+        collect_unsupported(&stage.spec, found);
+    }
+    for item in &spec.ops {
+        let message = match &item.op {
+            Op::Run(run) => network_problem(&run.network),
+            Op::Copy(copy) => copy_problem(copy),
+            _ => None,
+        };
+        if let Some(message) = message {
+            found.push(Finding {
+                span: item.span,
+                message,
+            });
+        }
+    }
+}
+
+/// Why a build cannot give a step the network `names` (`(network NAME...)`), if it cannot.
+fn network_problem(names: &[String]) -> Option<String> {
+    match names {
+        [] => None,
+        [one] if one == "host" => None,
+        [other] => Some(format!(
+            "unsupported network {other:?}: only (network host) is allowed; omit network for an isolated one"
+        )),
+        several => {
+            let quoted: Vec<String> = several.iter().map(|n| format!("{n:?}")).collect();
+            Some(format!(
+                "unsupported network {}: network takes at most one value, (network host); omit network for an isolated one",
+                quoted.join(" ")
+            ))
+        }
+    }
+}
+
+/// Why a build cannot do `copy`, if it cannot (OBuilder's build fails on both).
+fn copy_problem(copy: &Copy) -> Option<String> {
+    if copy.src.is_empty() {
+        return Some("(src) is empty: copy needs at least one source".to_owned());
+    }
+    if copy.src.len() > 1 && !copy.dst.ends_with('/') {
+        return Some(format!(
+            "copying several sources needs a destination ending in \"/\", found {:?}",
+            copy.dst
+        ));
+    }
+    None
+}
+
+/// What `build` refuses under `policy`, in spec order. With the default policy, this is what
+/// every build refuses (`check` warns about it).
 pub fn build_findings(spec: &Spec, policy: &Policy) -> Vec<Finding> {
     let mut found = workdir_findings(spec);
+    found.extend(unsupported_findings(spec));
     if policy.no_host_network {
         found.extend(host_network_findings(spec));
     }

@@ -22,7 +22,8 @@ pub fn run(args: &CheckArgs) -> CliResult {
         match read_spec_text(file).and_then(|(name, text)| parse_spec(&name, &text).map(|spec| (name, spec, text))) {
             Ok((name, spec, text)) => {
                 // OBuilder accepts these; every strata build refuses them.
-                for finding in strata::builder::guard::workdir_findings(&spec) {
+                let every_build = strata::builder::guard::Policy::default();
+                for finding in strata::builder::guard::build_findings(&spec, &every_build) {
                     eprintln!("{}", finding.warning(&name));
                 }
                 for problem in strata::spec::lint::exclude_problems(&name, &text) {

@@ -4,9 +4,10 @@
 //! first, depth-first); the final stage is `FROM IMAGE`. Every stage starts as the root user
 //! (`0:0`, or `ContainerAdministrator` with the Windows escape). `network` is dropped; caches
 //! and secrets become `--mount` options only with BuildKit (secrets first); excludes are
-//! dropped. A multi-line `run` is split into trimmed lines joined by ` \` (or `` ` ``) and a
-//! newline plus four spaces. OBuilder crashes when a BuildKit mount meets a user given by
-//! name; this returns [`DockerfileError::MountNeedsNumericUser`] instead.
+//! dropped; `COPY --chown=UID:GID` only after a numeric non-root `(user (uid N) (gid M))`,
+//! never after `(user (name NAME))`. A multi-line `run` is split into trimmed lines joined by
+//! ` \` (or `` ` ``) and a newline plus four spaces. OBuilder crashes when a BuildKit mount
+//! meets a user given by name; this returns [`DockerfileError::MountNeedsNumericUser`] instead.
 
 use std::fmt::Write;
 
@@ -92,7 +93,7 @@ fn stage(
                 line(out, format_args!("SHELL [ {} ]", quoted.join(", ")));
             }
             Op::Run(run) => run_line(out, run, &user, options)?,
-            Op::Copy(copy) => copy_line(out, copy, &user, options.escape),
+            Op::Copy(copy) => copy_line(out, copy, &user),
             Op::User(new_user) => {
                 match new_user {
                     User::Unix { uid, gid } => line(out, format_args!("USER {uid}:{gid}")),
@@ -160,18 +161,13 @@ fn mount(out: &mut String, kind: &'static str, mount: &Mount, user: &User) -> Re
     Ok(())
 }
 
-fn copy_line(out: &mut String, copy: &Copy, user: &User, escape: Escape) {
+fn copy_line(out: &mut String, copy: &Copy, user: &User) {
     out.push_str("COPY ");
-    let is_root = *user == User::ROOT || *user == Escape::Windows.root();
-    if !is_root {
-        match (user, escape) {
-            (User::Unix { uid, gid }, _) => {
-                let _ = write!(out, "--chown={uid}:{gid} ");
-            }
-            (User::Name(name), Escape::Unix) => {
-                let _ = write!(out, "--chown={name} ");
-            }
-            (User::Name(_), Escape::Windows) => {}
+    // As OBuilder: only a numeric user other than root is passed on; a user given by name
+    // never is (on either escape).
+    if let User::Unix { uid, gid } = user {
+        if *user != User::ROOT {
+            let _ = write!(out, "--chown={uid}:{gid} ");
         }
     }
     if let CopyFrom::Build(name) = &copy.from {
@@ -285,7 +281,7 @@ mod tests {
             convert(text, false, Escape::Windows).unwrap(),
             "#escape=`\nFROM mcr.microsoft.com/windows/servercore:ltsc2022\nRUN echo a && `\n    echo b\nCOPY a b\nUSER bob\nCOPY a b\nUSER 5:6\nCOPY --chown=5:6 a b\n"
         );
-        // A named user on Unix is passed to --chown.
+        // As OBuilder: `--chown` only for a numeric user, so never after a user given by name.
         assert_eq!(
             convert(
                 "((from a) (user (name bob)) (copy (src a) (dst b)))",
@@ -293,7 +289,7 @@ mod tests {
                 Escape::Unix
             )
             .unwrap(),
-            "FROM a\nUSER bob\nCOPY --chown=bob a b\n"
+            "FROM a\nUSER bob\nCOPY a b\n"
         );
     }
 

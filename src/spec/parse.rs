@@ -3,9 +3,11 @@
 //! Every spec OBuilder accepts parses to the same meaning. On purpose, strata also accepts
 //! `uid`/`gid` in either order, `(buildkit_options (K V) ...)` besides OBuilder's
 //! `(buildkit_options ((K V) ...))`, a secret without `target` (it defaults to
-//! `/run/secrets/ID`) and `(buildkit_options)`; and it rejects what OBuilder only rejects at
-//! build time or never: an empty `(src)`, several sources without a trailing `/` on `dst`, and
-//! any network other than `host`. Every error points at the offending node.
+//! `/run/secrets/ID`) and `(buildkit_options)`. What OBuilder reads but only fails when
+//! building (an empty `(src)`, several sources without a trailing `/` on `dst`, a network other
+//! than `host`) parses here too, so that `check`, `fmt` and `dockerfile` take every spec
+//! OBuilder takes; `build` refuses those before running anything ([`crate::builder::guard`]).
+//! Every error points at the offending node.
 
 use std::path::Path;
 
@@ -325,21 +327,9 @@ impl Parser<'_> {
                 .collect::<Result<_, _>>()?,
             None => Vec::new(),
         };
+        // Any names, as OBuilder reads them; `build` refuses all but `host` (`builder::guard`).
         let network = match fields.get("network") {
-            Some((field, values)) => {
-                let names = self.atoms(values, "a network")?;
-                match names.as_slice() {
-                    [] => Vec::new(),
-                    [one] if one == "host" => names,
-                    [other] => {
-                        return self.err(
-                            &values[0],
-                            format!("unsupported network \"{other}\": only (network host) is allowed; omit network for an isolated one"),
-                        )
-                    }
-                    _ => return self.err(field, "network takes at most one value: (network host)"),
-                }
-            }
+            Some((_, values)) => self.atoms(values, "a network")?,
             None => Vec::new(),
         };
         Ok(Run {
@@ -415,23 +405,16 @@ impl Parser<'_> {
                 self.copy_from(node, value, scope)?
             }
         };
-        let Some((src_field, src_values)) = fields.get("src") else {
+        let Some((_, src_values)) = fields.get("src") else {
             return self.err(node, "copy is missing its (src PATH...) field");
         };
+        // An empty `(src)`, or several sources into a `dst` without a trailing `/`, read as
+        // OBuilder reads them; `build` refuses both (`builder::guard`), as OBuilder's build fails.
         let src = self.atoms(src_values, "a source of copy")?;
-        if src.is_empty() {
-            return self.err(src_field, "(src) is empty: copy needs at least one source");
-        }
         let Some((dst_field, dst_values)) = fields.get("dst") else {
             return self.err(node, "copy is missing its (dst PATH) field");
         };
         let dst = self.field_value("copy", dst_field, dst_values)?;
-        if src.len() > 1 && !dst.ends_with('/') {
-            return self.err(
-                dst_field,
-                format!("copying several sources needs a destination ending in \"/\", found \"{dst}\""),
-            );
-        }
         let exclude = match fields.get("exclude") {
             Some((_, values)) => self.atoms(values, "an exclude of copy")?,
             None => Vec::new(),
@@ -721,11 +704,9 @@ mod tests {
             ("((from a) (run (shell x) (shell y)))", "1:26: error: duplicate field \"shell\" in run"),
             ("((from a) (run (shell x) (bogus y)))", "1:26: error: unknown field \"bogus\" in run; expected one of shell, cache, network, secrets"),
             ("((from a) (run (shell x y)))", "1:16: error: shell in run expects exactly one value, found 2"),
-            ("((from a) (run (shell x) (network bridge)))", "1:35: error: unsupported network \"bridge\": only (network host) is allowed; omit network for an isolated one"),
+            ("((from a) (run (shell x) (network (host))))", "1:35: error: a network must be an atom, found (host)"),
             ("((from a) (run (shell x) (cache (c))))", "1:33: error: cache \"c\" is missing its (target PATH) field"),
             ("((from a) (run (shell x) (cache (c (target /c) (buildkit_options (a b c))))))", "1:66: error: a buildkit option is a (KEY VALUE) pair, found (a b c)"),
-            ("((from a) (copy (src a b) (dst c)))", "1:27: error: copying several sources needs a destination ending in \"/\", found \"c\""),
-            ("((from a) (copy (src) (dst c)))", "1:17: error: (src) is empty: copy needs at least one source"),
             ("((from a) (copy (dst c)))", "1:11: error: copy is missing its (src PATH...) field"),
             ("((from a) (copy (src c)))", "1:11: error: copy is missing its (dst PATH) field"),
             ("((from a) (copy (src a) (dst b) (dst c)))", "1:33: error: duplicate field \"dst\" in copy"),

@@ -246,6 +246,87 @@ fn fmt_keeps_comments_in_stages() {
     assert_eq!(format_source(file(), &formatted).unwrap(), formatted);
 }
 
+/// Forms OBuilder's parser accepts but that no strata build runs (it only fails them, if at
+/// all, when building): `check`, `fmt` and `dockerfile` take them; `build` refuses them with
+/// the position of the operation (`builder::guard`).
+const OBUILDER_ONLY: &str = "((from base)
+ (run (network \"nat\") (shell \"mkdir C:\\obuilder\"))
+ (run (network nat host) (shell x))
+ (copy (src a b) (dst c))
+ (copy (src) (dst d))
+ (user (name Zaphod))
+ (copy (src a b) (dst c/)))";
+
+#[test]
+fn forms_obuilder_accepts_parse_and_round_trip() {
+    let spec = parse_spec(file(), OBUILDER_ONLY).unwrap();
+    let ops: Vec<&Op> = spec.ops.iter().map(|o| &o.op).collect();
+    assert_eq!(
+        ops[0],
+        &Op::Run(Run {
+            shell: "mkdir C:\\obuilder".into(),
+            network: vec!["nat".into()],
+            ..Run::default()
+        })
+    );
+    let Op::Run(run) = ops[1] else { panic!("{:?}", ops[1]) };
+    assert_eq!(run.network, ["nat", "host"]);
+    let copy = |src: &[&str], dst: &str| {
+        Op::Copy(Copy {
+            from: CopyFrom::Context,
+            src: src.iter().map(|s| s.to_string()).collect(),
+            dst: dst.into(),
+            exclude: Vec::new(),
+        })
+    };
+    assert_eq!(ops[2], &copy(&["a", "b"], "c"));
+    assert_eq!(ops[3], &copy(&[], "d"));
+    assert_round_trip(OBUILDER_ONLY);
+    assert_eq!(
+        format_source(file(), OBUILDER_ONLY).unwrap(),
+        "((from base)\n (run (network nat)\n      (shell \"mkdir C:\\\\obuilder\"))\n (run (network nat host)\n      (shell x))\n (copy (src a b) (dst c))\n (copy (src) (dst d))\n (user (name Zaphod))\n (copy (src a b) (dst c/))\n)\n"
+    );
+}
+
+#[test]
+fn forms_obuilder_accepts_convert_as_obuilder_does() {
+    use super::dockerfile::{to_dockerfile, DockerfileOptions, Escape};
+    let spec = parse_spec(file(), OBUILDER_ONLY).unwrap();
+    let convert = |buildkit, escape| to_dockerfile(&spec, &DockerfileOptions { buildkit, escape }).unwrap();
+    // The network is dropped; no `--chown` after a user given by name, on either escape.
+    let body = "RUN mkdir C:\\obuilder\nRUN x\nCOPY a b c\nCOPY  d\nUSER Zaphod\nCOPY a b c/\n";
+    assert_eq!(convert(false, Escape::Unix), format!("FROM base\n{body}"));
+    assert_eq!(convert(true, Escape::Unix), format!("FROM base\n{body}"));
+    assert_eq!(convert(false, Escape::Windows), format!("#escape=`\nFROM base\n{body}"));
+}
+
+#[test]
+fn build_refuses_forms_obuilder_accepts_with_their_positions() {
+    use crate::builder::guard::{build_findings, Policy};
+    let spec = parse_spec(file(), OBUILDER_ONLY).unwrap();
+    let errors: Vec<String> = build_findings(&spec, &Policy::default())
+        .iter()
+        .map(|f| f.error(file()).to_string())
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            "t.spec:2:2: error: unsupported network \"nat\": only (network host) is allowed; omit network for an isolated one",
+            "t.spec:3:2: error: unsupported network \"nat\" \"host\": network takes at most one value, (network host); omit network for an isolated one",
+            "t.spec:4:2: error: copying several sources needs a destination ending in \"/\", found \"c\"",
+            "t.spec:5:2: error: (src) is empty: copy needs at least one source",
+        ]
+    );
+    // In a stage too, in spec order with the other findings.
+    let staged = "((build s ((from a)\n  (copy (src x y) (dst z))))\n (from a)\n (workdir /proc)\n (run (network bridge) (shell x)))";
+    let spec = parse_spec(file(), staged).unwrap();
+    let at: Vec<(u32, u32)> = build_findings(&spec, &Policy::default())
+        .iter()
+        .map(|f| (f.span.line, f.span.col))
+        .collect();
+    assert_eq!(at, [(2, 3), (4, 2), (5, 2)]);
+}
+
 // ---- property tests ----
 
 fn any_atom() -> impl Strategy<Value = String> {
@@ -294,23 +375,22 @@ fn any_op(stages: Vec<String>) -> impl Strategy<Value = Op> {
         (
             any_atom(),
             prop::collection::vec(any_mount(), 0..3),
-            any::<bool>(),
+            prop::collection::vec(any_atom(), 0..3),
             prop::collection::vec(any_mount(), 0..3)
         )
-            .prop_map(|(shell, cache, host, secrets)| Op::Run(Run {
+            .prop_map(|(shell, cache, network, secrets)| Op::Run(Run {
                 shell,
                 cache,
-                network: if host { vec!["host".to_string()] } else { Vec::new() },
+                network,
                 secrets
             })),
         (
             from,
-            prop::collection::vec(any_atom(), 1..4),
+            prop::collection::vec(any_atom(), 0..4),
             any_atom(),
             prop::collection::vec(any_atom(), 0..3)
         )
             .prop_map(|(from, src, dst, exclude)| {
-                let dst = if src.len() > 1 { format!("{dst}/") } else { dst };
                 Op::Copy(Copy {
                     from,
                     src,
