@@ -95,6 +95,11 @@ impl Layout {
     }
 }
 
+/// Whether anything (a symlink included) is at `path`.
+pub fn exists(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok()
+}
+
 /// Mode of every directory strata makes for itself in a store (and of the store root).
 pub const PRIVATE_DIR_MODE: u32 = 0o700;
 

@@ -22,6 +22,7 @@
 pub mod cache_generation;
 pub mod cache_name;
 pub mod command;
+pub mod dir_cache;
 pub mod dir_store;
 pub mod error;
 pub mod layout;
@@ -30,6 +31,7 @@ pub mod owner;
 pub mod size;
 pub mod spec;
 pub mod step_id;
+pub mod store_dirs;
 pub mod tree_copy;
 
 pub mod btrfs;

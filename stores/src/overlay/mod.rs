@@ -12,7 +12,8 @@
 //! - `result-tmp/<owner>--<n>-<id>/`: an item being built, with the same files plus `work/`;
 //!   its `rootfs/` is a writable overlay (upper `diff/`) over the base's chain, or, without a
 //!   base, a plain directory that the step creates (it becomes `diff/` at commit);
-//! - `cache/<escaped>/`, `cache-tmp/`: caches as plain trees (see [`cache`]);
+//! - `cache/<escaped>/`, `cache-tmp/`: caches as plain trees (see [`cache`]), leased and
+//!   released by the code every directory store shares ([`crate::dir_cache`]);
 //! - `state/`: database, locks, owners, cache generations.
 //!
 //! Deep chains: overlays are mounted with the new mount API, one `lowerdir+` per layer, so the
@@ -22,8 +23,9 @@
 //! the base's tree (reflinked where the filesystem can) and becomes a root layer.
 //!
 //! Commit: unmount the writable overlay, drop `work/`, rename the temporary into `result/`
-//! (atomic), mount the read-only view. Crash leftovers are owner-tagged temporaries; at open,
-//! mounts under dead owners' temporaries are unmounted before the trees are removed.
+//! (atomic), mount the read-only view. Opening, locks and leftovers are every directory
+//! store's ([`StoreDirs`]); crash leftovers are owner-tagged temporaries, and the mounts
+//! under dead owners' temporaries are unmounted before the trees are removed.
 
 mod cache;
 pub mod mount;
@@ -33,10 +35,10 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::cache_generation::CacheGenerations;
 use crate::error::IoContext;
-use crate::layout::Layout;
-use crate::owner::{FileLock, LockMode, ProcessOwner};
+use crate::layout::{exists, Layout};
+use crate::owner::FileLock;
+use crate::store_dirs::{unsuitable, StoreDirs};
 use crate::tree_copy::{copy_tree, remove_tree, DataCopy};
 use crate::{
     CacheLease, Committed, DiskUsage, Leftovers, PendingItem, Prepared, Recovered, RootfsView, StepId, Store,
@@ -52,11 +54,9 @@ pub const DEFAULT_FLATTEN_DEPTH: usize = 256;
 const MAX_STACK: usize = 500;
 
 pub struct OverlayStore {
-    spec: StoreSpec,
-    layout: Layout,
-    owner: ProcessOwner,
-    caches: CacheGenerations,
-    recovered: Recovered,
+    dirs: StoreDirs,
+    /// How caches are copied and replaced (they are plain trees, not layers).
+    cache_trees: cache::CacheTrees,
     flatten_depth: usize,
 }
 
@@ -66,17 +66,6 @@ pub fn open(spec: &StoreSpec, leftovers: Leftovers) -> Result<Box<dyn Store>, St
         DEFAULT_FLATTEN_DEPTH,
         leftovers,
     )?))
-}
-
-fn unsuitable(path: &Path, what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unsuitable {
-        path: path.to_owned(),
-        reason: format!("{what}: {e}"),
-    }
-}
-
-fn exists(path: &Path) -> bool {
-    fs::symlink_metadata(path).is_ok()
 }
 
 /// Unmounts what the store mounts in an item or temporary (its `rootfs/`), then removes it
@@ -95,52 +84,20 @@ impl OverlayStore {
 
     /// [`OverlayStore::open`], saying what to do with the leftovers of dead processes.
     pub fn open_with(spec: &StoreSpec, flatten_depth: usize, leftovers: Leftovers) -> Result<OverlayStore, StoreError> {
-        let root = spec.path();
-        crate::layout::private_dir(&root).map_err(|e| unsuitable(&root, "cannot create the store directory", e))?;
-        if !root.is_dir() {
-            return Err(unsuitable(&root, "not a directory", "store root"));
-        }
-        let layout = Layout::new(&root);
-        let init = || -> Result<(ProcessOwner, CacheGenerations), StoreError> {
-            // 0700, as every store: layers hold setuid binaries, device nodes and world-writable
-            // directories; nothing under the root may be reachable by other host users.
-            layout.create_dirs()?;
-            Ok((
-                ProcessOwner::register(&layout.owners_dir())?,
-                CacheGenerations::new(&layout.state_dir())?,
-            ))
-        };
-        let (owner, caches) = init().map_err(|e| match e {
-            StoreError::Io { .. } => unsuitable(&root, "cannot initialise the store", e),
-            other => other,
-        })?;
-        let removed = match leftovers {
-            Leftovers::Remove => crate::leftovers::reconcile_temporaries(&layout, unmount_and_remove)?,
-            Leftovers::Keep => Vec::new(),
-        };
-        if !removed.is_empty() {
-            tracing::info!("removed {} leftover temporaries in {}", removed.len(), root.display());
-        }
         Ok(OverlayStore {
-            spec: spec.clone(),
-            layout,
-            owner,
-            caches,
-            recovered: Recovered { removed },
+            dirs: StoreDirs::open(spec, leftovers, |_| Ok(()), unmount_and_remove)?,
+            cache_trees: cache::CacheTrees::new(),
             flatten_depth: flatten_depth.clamp(2, MAX_STACK - 1),
         })
     }
 
     /// The leftovers removed when this store was opened.
     pub fn recovered(&self) -> &Recovered {
-        &self.recovered
+        self.dirs.recovered()
     }
 
-    fn lock(&self, id: &StepId, purpose: &str) -> Result<FileLock, StoreError> {
-        FileLock::acquire(
-            &self.layout.locks_dir().join(format!("{id}{purpose}.lock")),
-            LockMode::Exclusive,
-        )
+    fn layout(&self) -> &Layout {
+        self.dirs.layout()
     }
 
     /// The layers of a committed item, its own first, then its parent's, up to the root.
@@ -148,7 +105,7 @@ impl OverlayStore {
         let mut layers = Vec::new();
         let mut current = id.clone();
         loop {
-            let item = self.layout.result(&current);
+            let item = self.layout().result(&current);
             layers.push(item.join("diff"));
             if layers.len() > MAX_STACK {
                 return Err(unsuitable(&item, "layer chain too deep", layers.len()));
@@ -156,7 +113,7 @@ impl OverlayStore {
             match fs::read_to_string(item.join("parent")) {
                 Ok(text) => {
                     current = text.trim().parse()?;
-                    if !exists(&self.layout.result(&current)) {
+                    if !exists(&self.layout().result(&current)) {
                         return Err(unsuitable(&item, "missing parent layer", current));
                     }
                 }
@@ -170,11 +127,11 @@ impl OverlayStore {
     /// is mounted already. Serialised per id across processes, so it is mounted once. Views
     /// are `ro,nosuid,nodev` (one mounted without, by an older strata, is remounted so).
     fn ensure_view(&self, id: &StepId) -> Result<(), StoreError> {
-        let rootfs = self.layout.result(id).join("rootfs");
+        let rootfs = self.layout().result(id).join("rootfs");
         if mount::is_mount_point(&rootfs)? {
             return mount::ensure_restricted_view(&rootfs);
         }
-        let _lock = self.lock(id, ".view")?;
+        let _lock = self.dirs.lock(id, ".view")?;
         if mount::is_mount_point(&rootfs)? {
             return mount::ensure_restricted_view(&rootfs);
         }
@@ -194,7 +151,7 @@ impl OverlayStore {
 
     /// Fills the temporary `tmp` with a writable clone of `base`.
     fn clone_base(&self, base: &StepId, tmp: &Path) -> Result<bool, StoreError> {
-        let base_item = self.layout.result(base);
+        let base_item = self.layout().result(base);
         for file in ["env", "log"] {
             let src = base_item.join(file);
             if exists(&src) {
@@ -234,19 +191,19 @@ use std::os::unix::fs::PermissionsExt;
 
 impl Store for OverlayStore {
     fn spec(&self) -> &StoreSpec {
-        &self.spec
+        self.dirs.spec()
     }
 
     fn root(&self) -> &Path {
-        &self.layout.root
+        &self.layout().root
     }
 
     fn state_dir(&self) -> PathBuf {
-        self.layout.state_dir()
+        self.layout().state_dir()
     }
 
     fn result(&self, id: &StepId) -> Result<Option<PathBuf>, StoreError> {
-        let item = self.layout.result(id);
+        let item = self.layout().result(id);
         if !exists(&item) {
             return Ok(None);
         }
@@ -255,7 +212,7 @@ impl Store for OverlayStore {
     }
 
     fn list_results(&self) -> Result<Vec<StepId>, StoreError> {
-        self.layout.committed_ids()
+        self.layout().committed_ids()
     }
 
     fn rootfs(&self, id: &StepId) -> Result<Box<dyn RootfsView + '_>, StoreError> {
@@ -264,16 +221,16 @@ impl Store for OverlayStore {
     }
 
     fn prepare(&self, base: Option<&StepId>, id: &StepId) -> Result<Prepared<'_>, StoreError> {
-        let lock = self.lock(id, "")?;
+        let lock = self.dirs.lock(id, "")?;
         if let Some(path) = self.result(id)? {
             return Ok(Prepared::Exists(path));
         }
         if let Some(base) = base {
-            if !exists(&self.layout.result(base)) {
+            if !exists(&self.layout().result(base)) {
                 return Err(StoreError::NotFound(base.to_string()));
             }
         }
-        let tmp = self.layout.result_tmp_dir().join(self.owner.temp_name(id.as_str()));
+        let tmp = self.dirs.temporary(&self.layout().result_tmp_dir(), id.as_str());
         fs::create_dir(&tmp).context(|| format!("creating {}", tmp.display()))?;
         let mut pending = OverlayPending {
             store: self,
@@ -292,14 +249,14 @@ impl Store for OverlayStore {
     }
 
     fn delete(&self, id: &StepId) -> Result<(), StoreError> {
-        let _lock = self.lock(id, "")?;
-        let item = self.layout.result(id);
+        let _lock = self.dirs.lock(id, "")?;
+        let item = self.layout().result(id);
         if !exists(&item) {
             return Ok(());
         }
         mount::unmount_stack(&item.join("rootfs"))?;
         // Aside first: a crash during the removal leaves an orphan, not half an item.
-        let aside = self.layout.result_tmp_dir().join(self.owner.temp_name(id.as_str()));
+        let aside = self.dirs.temporary(&self.layout().result_tmp_dir(), id.as_str());
         fs::rename(&item, &aside).context(|| format!("moving {} aside", item.display()))?;
         unmount_and_remove(&aside)
     }
@@ -309,37 +266,38 @@ impl Store for OverlayStore {
     }
 
     fn cache(&self, name: &str, uid: u32, gid: u32) -> Result<Box<dyn CacheLease + '_>, StoreError> {
-        Ok(Box::new(cache::lease(self, name, uid, gid)?))
+        let lease = crate::dir_cache::lease(&self.dirs, &self.cache_trees, name, uid, gid)?;
+        Ok(Box::new(lease))
     }
 
     fn delete_cache(&self, name: &str) -> Result<(), StoreError> {
-        cache::delete(self, name)
+        crate::dir_cache::delete(&self.dirs, &self.cache_trees, name)
     }
 
     fn list_caches(&self) -> Result<Vec<String>, StoreError> {
-        cache::list(self)
+        crate::dir_cache::list(&self.dirs)
     }
 
     fn disk_usage(&self) -> Result<DiskUsage, StoreError> {
-        crate::dir_store::statvfs_usage(&self.layout.root)
+        self.dirs.disk_usage()
     }
 
     fn stale_temporaries(&self) -> Result<Vec<String>, StoreError> {
-        crate::leftovers::stale_temporaries(&self.layout)
+        self.dirs.stale_temporaries()
     }
 
     fn remove_stale_temporaries(&self) -> Result<Vec<String>, StoreError> {
-        crate::leftovers::reconcile_temporaries(&self.layout, unmount_and_remove)
+        self.dirs.remove_stale_temporaries(unmount_and_remove)
     }
 
     /// Every item holds its layer `diff/` (a delete moves the item aside before removing
     /// anything, so only damage from outside, or a removal of another kind cut short, loses it).
     fn incomplete_items(&self) -> Result<Vec<(StepId, String)>, StoreError> {
-        Ok(self
-            .layout
+        let layout = self.layout();
+        Ok(layout
             .committed_ids()?
             .into_iter()
-            .filter(|id| !self.layout.result(id).join("diff").is_dir())
+            .filter(|id| !layout.result(id).join("diff").is_dir())
             .map(|id| (id, "its layer diff/ is gone".to_owned()))
             .collect())
     }
@@ -382,7 +340,7 @@ impl OverlayPending<'_> {
             }
             fs::create_dir(&rootfs).context(|| format!("creating {}", rootfs.display()))?;
         }
-        let item = self.store.layout.result(&self.id);
+        let item = self.store.layout().result(&self.id);
         fs::rename(&self.tmp, &item).context(|| format!("renaming {} to {}", self.tmp.display(), item.display()))?;
         self.finished = true;
         let size_bytes = crate::size::apparent_size(&item.join("diff")).unwrap_or(0);
