@@ -15,6 +15,8 @@ pub mod progress;
 mod scope;
 mod stage;
 mod step;
+#[cfg(test)]
+pub(crate) mod tests;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

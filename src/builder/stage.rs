@@ -104,9 +104,11 @@ impl<'a> BuildRun<'a> {
             self.fail(e);
         }
         let first = self.failure.lock().unwrap_or_else(|p| p.into_inner()).take();
+        // A failed stage fails the build even when nothing copies from it (as in OBuilder,
+        // which builds every stage first); its failure is the one to report.
         match (result, first) {
-            (Err(e), Some(first)) if e.kind() == ErrorKind::Cancelled => Err(first),
-            (result, _) => result,
+            (_, Some(first)) => Err(first),
+            (result, None) => result,
         }
     }
 

@@ -104,12 +104,7 @@ fn quoted_argv(argv: &[String]) -> String {
     argv.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(" ")
 }
 
-pub(crate) fn build_ops(
-    run: &dyn Steps,
-    spec: &Spec,
-    stage: &[String],
-    scope: &Scope,
-) -> Result<StepId, BuildError> {
+pub(crate) fn build_ops(run: &dyn Steps, spec: &Spec, stage: &[String], scope: &Scope) -> Result<StepId, BuildError> {
     let scheme = run.scheme();
     let base_text = format!("(from {})", spec::sexp::Sexp::atom(spec.from.clone()).to_machine());
     run.heading(stage, &base_text);
@@ -374,12 +369,18 @@ mod tests {
     #[test]
     fn image_without_path_gets_the_default_path() {
         let env = step_env(&[("A".into(), "1".into())]);
-        assert_eq!(env, vec![("A".into(), "1".into()), ("PATH".into(), DEFAULT_PATH.into())]);
+        assert_eq!(
+            env,
+            vec![("A".into(), "1".into()), ("PATH".into(), DEFAULT_PATH.into())]
+        );
     }
 
     #[test]
     fn a_path_from_the_image_or_spec_is_kept_in_order() {
-        let given = vec![("PATH".to_owned(), "/opt/bin".to_owned()), ("A".to_owned(), "1".to_owned())];
+        let given = vec![
+            ("PATH".to_owned(), "/opt/bin".to_owned()),
+            ("A".to_owned(), "1".to_owned()),
+        ];
         assert_eq!(step_env(&given), given);
     }
 

@@ -15,6 +15,8 @@ pub mod lease;
 pub mod prune;
 pub mod reconcile;
 mod selftest;
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -267,34 +267,43 @@ impl Catalog {
         }
         let mut gone: HashSet<StepId> = HashSet::new();
         loop {
-            let removed = report.removed.len();
-            if let Some(why) = self.should_stop(options, start_free, removed, report.bytes_freed, *used_total)? {
-                report.stopped = why;
-                return Ok(());
-            }
-            // `rows` is ordered by `used`: the first eligible leaf is the oldest.
-            let next = rows.iter().find(|r| {
-                !gone.contains(&r.id) && r.used < options.before_ms && children.get(&r.id).copied().unwrap_or(0) == 0
-            });
-            let Some(row) = next else {
+            // The same batches as the real prune: the current leaves, oldest first (`rows`
+            // is ordered by `used`); a parent they leave childless waits for the next batch.
+            let batch: Vec<&BuildRow> = rows
+                .iter()
+                .filter(|r| {
+                    !gone.contains(&r.id)
+                        && r.used < options.before_ms
+                        && children.get(&r.id).copied().unwrap_or(0) == 0
+                })
+                .take(BATCH)
+                .collect();
+            if batch.is_empty() {
                 report.stopped = "no more candidates".to_owned();
                 return Ok(());
-            };
-            gone.insert(row.id.clone());
-            if let Some(p) = &row.parent {
-                if let Some(n) = children.get_mut(p) {
-                    *n = n.saturating_sub(1);
-                }
             }
-            let removed = Removed {
-                id: row.id.clone(),
-                size: row.size,
-                used: row.used,
-            };
-            report.bytes_freed += removed.size;
-            *used_total = used_total.saturating_sub(removed.size);
-            on_remove(&removed);
-            report.removed.push(removed);
+            for row in batch {
+                let removed = report.removed.len();
+                if let Some(why) = self.should_stop(options, start_free, removed, report.bytes_freed, *used_total)? {
+                    report.stopped = why;
+                    return Ok(());
+                }
+                gone.insert(row.id.clone());
+                if let Some(p) = &row.parent {
+                    if let Some(n) = children.get_mut(p) {
+                        *n = n.saturating_sub(1);
+                    }
+                }
+                let removed = Removed {
+                    id: row.id.clone(),
+                    size: row.size,
+                    used: row.used,
+                };
+                report.bytes_freed += removed.size;
+                *used_total = used_total.saturating_sub(removed.size);
+                on_remove(&removed);
+                report.removed.push(removed);
+            }
         }
     }
 }

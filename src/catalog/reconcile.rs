@@ -91,7 +91,9 @@ impl Catalog {
         let row_ids: HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
         let mut doomed: Vec<StepId> = Vec::new();
         // Rows no build wrote (a database edited by hand): they name no item; only the row goes.
-        for raw in self.db().invalid_rows()? {
+        // (Bound first: the database guard must not live into the loop.)
+        let invalid = self.db().invalid_rows()?;
+        for raw in invalid {
             report.problems.push(Problem::InvalidRow { id: raw.clone() });
             if repair {
                 self.db().delete_invalid(&raw)?;
@@ -173,7 +175,9 @@ impl Catalog {
 
         for row in &rows {
             if !results.contains(&row.id) {
-                report.problems.push(Problem::RowWithoutResult { id: row.id.to_string() });
+                report
+                    .problems
+                    .push(Problem::RowWithoutResult { id: row.id.to_string() });
                 doomed.push(row.id.clone());
             }
             if let Some(parent) = &row.parent {

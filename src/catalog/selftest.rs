@@ -49,9 +49,7 @@ impl Catalog {
             }
         };
         let result = write(None, &a).and_then(|_| write(Some(&a), &b)).and_then(|_| {
-            let item = store
-                .result(&b)?
-                .ok_or_else(|| broken("the committed item vanished"))?;
+            let item = store.result(&b)?.ok_or_else(|| broken("the committed item vanished"))?;
             let content = std::fs::read(item.join("rootfs").join(a.as_str()))
                 .map_err(|e| CatalogError::io("reading the clone", e))?;
             if content != b"healthcheck" {

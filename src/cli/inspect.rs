@@ -102,8 +102,8 @@ pub fn log(global: &GlobalArgs, args: IdArgs) -> CliResult {
         .log_path(&id)
         .map_err(CliError::catalog)?
         .ok_or_else(|| CliError::usage(anyhow::anyhow!("no item {id} in the store")))?;
-    let bytes = std::fs::read(&path)
-        .map_err(|e| CliError::environment(anyhow::anyhow!("reading {}: {e}", path.display())))?;
+    let bytes =
+        std::fs::read(&path).map_err(|e| CliError::environment(anyhow::anyhow!("reading {}: {e}", path.display())))?;
     let _ = std::io::stdout().lock().write_all(&bytes);
     Ok(exit::SUCCESS)
 }

@@ -406,6 +406,18 @@ impl Db {
         Ok(rows)
     }
 
+    /// Inserts a row whatever its id says (as a hand edit would), for tests.
+    #[cfg(test)]
+    pub(crate) fn insert_raw_for_tests(&self, id: &str, parent: Option<&str>) -> Result<(), DbError> {
+        self.conn
+            .execute(
+                "INSERT INTO builds (id, parent, created, used) VALUES (?1, ?2, 0, 0)",
+                params![id, parent],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     /// Deletes a row by its raw id: for [`Db::invalid_rows`] only.
     pub fn delete_invalid(&self, raw_id: &str) -> Result<(), DbError> {
         self.conn

@@ -20,19 +20,12 @@ use strata_sandbox::{Cancel, LogSink};
 
 use super::digest::{sha256_digest, sha256_hex_of, verify_bytes};
 use super::image::{json_problem, parse_config};
-use super::progress::{line, CountingReader, LayerProgress};
+use super::layers::{unpack_local_layers, LocalLayer};
+use super::progress::line;
 use super::reference::parse_registry_reference;
-use super::unpack::{unpack_layer_with, ByteBudget, LayerCheck};
-use super::{FetchError, FetchOptions, ImageConfig};
+use super::{unavailable, FetchError, FetchOptions, ImageConfig};
 
 const MAX_METADATA_BYTES: u64 = 16 << 20;
-
-fn unavailable(image: &str, reason: impl Into<String>) -> FetchError {
-    FetchError::Unavailable {
-        reference: image.to_owned(),
-        reason: reason.into(),
-    }
-}
 
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -224,26 +217,18 @@ pub(crate) fn fetch(
     }
     line(log, &format!("config {config_digest}"));
 
-    let total = chosen.layers.len();
-    let mut used = 0u64;
-    for (index, (layer, diff_id)) in chosen.layers.iter().zip(&config.diff_ids).enumerate() {
-        if cancel.is_cancelled() {
-            return Err(FetchError::Cancelled(image.to_owned()));
-        }
+    unpack_local_layers(image, rootfs, log, cancel, options, chosen.layers.len(), |index| {
+        let (layer, diff_id) = (&chosen.layers[index], &config.diff_ids[index]);
         sha256_hex_of(diff_id).map_err(|e| unavailable(image, e))?;
         let (reader, size) = archive.member_reader(layer)?;
-        let mut progress = LayerProgress::start(log, index, total, diff_id, Some(size));
-        let check = LayerCheck {
+        Ok(LocalLayer {
+            reader,
+            label: diff_id.clone(),
             digest: digest_in_name(layer).filter(|_| layer.starts_with("blobs/")),
             size: Some(size),
             diff_id: Some(diff_id.clone()),
-            budget: ByteBudget::new(options.max_image_bytes, used),
-        };
-        let reader = CountingReader::new(std::io::BufReader::with_capacity(1 << 20, reader), &mut progress);
-        let stats = unpack_layer_with(reader, rootfs, &check, image, Some(cancel))?;
-        used = used.saturating_add(stats.charged);
-        progress.finish(&stats);
-    }
+        })
+    })?;
     Ok(ImageConfig {
         env: config.env,
         workdir: config.workdir,

@@ -15,6 +15,7 @@ pub mod digest;
 pub mod docker_archive;
 mod fsat;
 pub mod image;
+mod layers;
 pub mod local;
 pub mod mirror;
 pub mod oci_layout;
@@ -75,6 +76,14 @@ pub enum FetchError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The image cannot be fetched, and why (a missing file, a bad manifest, a failed check).
+pub(crate) fn unavailable(image: &str, reason: impl Into<String>) -> FetchError {
+    FetchError::Unavailable {
+        reference: image.to_owned(),
+        reason: reason.into(),
+    }
 }
 
 /// The default cap on the unpacked bytes of one image (`--max-image-size`).

@@ -19,10 +19,10 @@ use strata_sandbox::{Cancel, LogSink};
 
 use super::digest::{sha256_hex_of, verify_bytes};
 use super::image::{check_layer_media_type, json_problem, offered_platforms, parse_config, select_platform};
+use super::layers::{unpack_local_layers, LocalLayer};
 use super::local::open_in_layout;
-use super::progress::{line, CountingReader, LayerProgress};
-use super::unpack::{unpack_layer_with, ByteBudget, LayerCheck};
-use super::{FetchError, FetchOptions, ImageConfig};
+use super::progress::line;
+use super::{unavailable, FetchError, FetchOptions, ImageConfig};
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 const MAX_METADATA_BYTES: u64 = 16 << 20;
@@ -30,13 +30,6 @@ const INDEX_TYPES: &[&str] = &[
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 ];
-
-fn unavailable(image: &str, reason: impl Into<String>) -> FetchError {
-    FetchError::Unavailable {
-        reference: image.to_owned(),
-        reason: reason.into(),
-    }
-}
 
 struct Layout<'a> {
     dir: OwnedFd,
@@ -167,27 +160,17 @@ pub(crate) fn fetch(
     let config_bytes = layout.read_blob(&manifest.config.digest)?;
     let config = parse_config(&config_bytes, image)?;
 
-    let total = manifest.layers.len();
-    let mut used = 0u64;
-    for (index, layer) in manifest.layers.iter().enumerate() {
-        if cancel.is_cancelled() {
-            return Err(FetchError::Cancelled(image.to_owned()));
-        }
+    unpack_local_layers(image, rootfs, log, cancel, options, manifest.layers.len(), |index| {
+        let layer = &manifest.layers[index];
         check_layer_media_type(&layer.media_type).map_err(|e| unavailable(image, e))?;
-        let file = layout.open(&layout.blob_path(&layer.digest)?)?;
-        let size = u64::try_from(layer.size).ok();
-        let mut progress = LayerProgress::start(log, index, total, &layer.digest, size);
-        let check = LayerCheck {
+        Ok(LocalLayer {
+            reader: layout.open(&layout.blob_path(&layer.digest)?)?,
+            label: layer.digest.clone(),
             digest: Some(layer.digest.clone()),
-            size,
+            size: u64::try_from(layer.size).ok(),
             diff_id: None,
-            budget: ByteBudget::new(options.max_image_bytes, used),
-        };
-        let reader = CountingReader::new(std::io::BufReader::with_capacity(1 << 20, file), &mut progress);
-        let stats = unpack_layer_with(reader, rootfs, &check, image, Some(cancel))?;
-        used = used.saturating_add(stats.charged);
-        progress.finish(&stats);
-    }
+        })
+    })?;
     Ok(ImageConfig {
         env: config.env,
         workdir: config.workdir,

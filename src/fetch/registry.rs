@@ -24,7 +24,7 @@ use super::image::{check_layer_media_type, offered_platforms, parse_config, sele
 use super::mirror::{endpoint_for, Endpoint};
 use super::progress::{line, short_digest, LayerProgress};
 use super::unpack::{unpack_layer_with, ByteBudget, LayerCheck, UnpackStats};
-use super::{auth, FetchError, FetchOptions, ImageConfig};
+use super::{auth, unavailable, FetchError, FetchOptions, ImageConfig};
 
 /// Chunks in flight between the download and the unpacker.
 const CHANNEL_DEPTH: usize = 64;
@@ -35,13 +35,6 @@ const CONFIG_MEDIA_TYPES: &[&str] = &[
     "application/vnd.oci.image.config.v1+json",
     "application/vnd.docker.container.image.v1+json",
 ];
-
-fn unavailable(image: &str, reason: impl Into<String>) -> FetchError {
-    FetchError::Unavailable {
-        reference: image.to_owned(),
-        reason: reason.into(),
-    }
-}
 
 /// The reference as sent over the wire: same repository, tag and digest, but the host the
 /// pull really goes to (a mirror, or Docker Hub's API host).
