@@ -15,6 +15,7 @@ pub mod progress;
 mod scope;
 mod stage;
 mod step;
+pub mod workdir;
 #[cfg(test)]
 pub(crate) mod tests;
 

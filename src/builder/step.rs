@@ -12,6 +12,7 @@ use super::error::BuildError;
 use super::execute::{StepEnv, Work, WorkOutput};
 use super::scope::Scope;
 use super::BuildOptions;
+use crate::catalog::export_view::{StepContext, STEP_CONTEXT};
 use crate::catalog::{Catalog, IMAGE_CONFIG};
 use crate::fetch::ImageConfig;
 use crate::key::{self, IdScheme};
@@ -243,8 +244,24 @@ fn run_step(
     config.no_new_privileges = run.options().no_new_privileges;
     let caches: Vec<(String, String)> = r.cache.iter().map(|c| (c.id.clone(), c.target.clone())).collect();
     let step_name = op_text.clone();
-    let work = Box::new(move |env: &StepEnv<'_>| run_in_sandbox(env, config, &caches, &step_name));
+    let context = StepContext {
+        env: config.env.clone(),
+        workdir: ctx.workdir.clone(),
+        uid,
+        gid,
+    };
+    let work = Box::new(move |env: &StepEnv<'_>| {
+        record_context(env, &context)?;
+        run_in_sandbox(env, config, &caches, &step_name)
+    });
     run.get_step(stage, id, Some(ctx.parent.clone()), op_text, work)
+}
+
+/// Writes the step's context into its item, for `strata export` (the image config).
+fn record_context(env: &StepEnv<'_>, context: &StepContext) -> Result<(), BuildError> {
+    context
+        .write(&env.item)
+        .map_err(|e| BuildError::io(format!("writing {}", env.item.join(STEP_CONTEXT).display()), e))
 }
 
 fn run_in_sandbox(
@@ -253,6 +270,14 @@ fn run_in_sandbox(
     caches: &[(String, String)],
     step_name: &str,
 ) -> Result<WorkOutput, BuildError> {
+    let rootfs = env.item.join("rootfs");
+    // The workdir as the runtime will resolve it, through symlinks earlier steps made.
+    if let Err(refusal) = super::workdir::check(&rootfs, &config.cwd) {
+        return Err(BuildError::Usage(format!(
+            "{step_name}: workdir {:?} {refusal}",
+            config.cwd
+        )));
+    }
     let mut leases = Vec::new();
     for (name, target) in caches {
         let lease = env.shared.catalog.cache(name, config.uid, config.gid)?;
@@ -263,10 +288,7 @@ fn run_in_sandbox(
         });
         leases.push(lease);
     }
-    let outcome = env
-        .shared
-        .sandbox
-        .run(&config, &env.item.join("rootfs"), &*env.log, env.cancel);
+    let outcome = env.shared.sandbox.run(&config, &rootfs, &*env.log, env.cancel);
     // Caches are released whatever happened (OBuilder: failed steps still update caches),
     // last acquired first.
     let mut release_error = None;
@@ -340,7 +362,14 @@ fn copy_step(
     let id = key::copy_id(run.scheme(), &ctx.parent, &ctx.user, &plan.op);
     let step_name = op_text.clone();
     let plan = Arc::new(plan);
+    let context = StepContext {
+        env: step_env(&ctx.env),
+        workdir: ctx.workdir.clone(),
+        uid,
+        gid,
+    };
     let work = Box::new(move |env: &StepEnv<'_>| {
+        record_context(env, &context)?;
         let failed = |reason: String| BuildError::CopyFailed {
             step: step_name.clone(),
             reason,

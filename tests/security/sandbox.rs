@@ -5,13 +5,11 @@
 //! against the binary of commit d726ff4 (before the defences) and failed there as their
 //! comment says; the others pin a new operator flag or the absence of a regression.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{stderr, Backend, Env};
+use crate::common::{stderr, Backend, Env};
 
 const RUNTIMES: [&str; 2] = ["runc", "crun"];
 
@@ -214,6 +212,32 @@ fn no_host_network_refuses_with_position() {
     assert!(!log.contains("(from busybox)"), "nothing ran: {log}");
     // Without the flag the same spec builds.
     build_under(&env, &spec, "runc", &[]);
+}
+
+/// The same attack through a symlink an earlier step made: `(workdir /fds/7)` with `/fds ->
+/// /proc/self/fd` passes the spec-level check. `build` resolves the workdir inside the rootfs
+/// before the step runs and refuses it (exit 2), under both runtimes. Failed before the fix:
+/// the spec went to the runtime, whose own (patched) check failed obscurely (exit 3, "mkdir
+/// /fds/7: not a directory"); an unpatched runc would have started the step there.
+#[test]
+fn workdir_symlinked_into_proc_was_not_refused() {
+    let env = Env::new(Backend::Overlayfs);
+    for runtime in RUNTIMES {
+        let spec = env.spec(
+            "wd-link.spec",
+            &format!(
+                "((from busybox)\n (run (shell \"ln -s /proc/self/fd /fds-{runtime}\"))\n (workdir /fds-{runtime}/7)\n (run (shell \"echo RAN; pwd\")))\n"
+            ),
+        );
+        let out = env.build(&spec, &env.context("ctx"), &["--runtime", runtime]);
+        let log = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{runtime}: {log}");
+        assert!(
+            log.contains("resolves through the rootfs's symlinks to /proc"),
+            "{runtime}: {log}"
+        );
+        assert!(!has_line(&log, "RAN"), "{runtime}: {log}");
+    }
 }
 
 /// `(workdir /proc/self/fd/N)` is how CVE-2024-21626 reaches a host descriptor: `build` refuses

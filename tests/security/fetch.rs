@@ -5,15 +5,13 @@
 //! Every test here failed on the code before its fix (d726ff4, the commit before issue 15's
 //! fetch work); each test's comment says how. To see it again, point the tests at a binary
 //! built from that commit: `STRATA_SECURITY_BIN=/path/to/old/strata cargo test --test
-//! security_fetch`.
-
-mod common;
+//! security fetch::`.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{final_id, stderr, stdout, Backend, Env};
+use crate::common::{final_id, stderr, stdout, Backend, Env};
 use sha2::{Digest, Sha256};
 
 /// The binary under test (`STRATA_SECURITY_BIN` to try an older one).

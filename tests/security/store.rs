@@ -13,15 +13,13 @@
 //! `nobody_cannot_read_or_lock_state` failed on every backend too (`state/` was 0755 and its
 //! files 0644 everywhere).
 
-mod common;
-
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{stderr, stdout, Backend, Env};
+use crate::common::{stderr, stdout, Backend, Env};
 
 /// The backends these attacks run on (each one's fixture works on these machines).
 const BACKENDS: [Backend; 4] = [Backend::Overlayfs, Backend::Btrfs, Backend::Rsync, Backend::Zfs];
