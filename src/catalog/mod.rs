@@ -10,6 +10,7 @@
 //! Cross-process safety comes from the leases ([`lease`]): a build holds a shared lease on
 //! every id it uses, prune and delete take the exclusive one before removing an item.
 
+pub mod export_view;
 pub mod item;
 pub mod lease;
 pub mod prune;
