@@ -127,11 +127,6 @@ impl<R: Read> VerifyingReader<R> {
         self.check.clone()
     }
 
-    /// Bytes read so far.
-    pub fn bytes_read(&self) -> u64 {
-        self.read
-    }
-
     fn label(&self) -> String {
         self.digest.clone().unwrap_or_else(|| "(unnamed)".to_owned())
     }
