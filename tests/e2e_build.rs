@@ -247,3 +247,30 @@ fn final_id_only_on_stdout_and_json_progress() {
         .iter()
         .any(|e| e["event"] == "output" && e["text"].as_str().unwrap_or("").contains("hello-json")));
 }
+
+/// The step environment users of Docker, podman and OBuilder expect from an image config: the
+/// busybox test image sets `PATH` (kept, in order, under the spec's `env` ops), and `HOME`
+/// comes from the step's user (the runtime reads the rootfs's `/etc/passwd`: `/root` for root,
+/// `/` for a user it does not list).
+#[test]
+fn step_environment_follows_the_image_and_the_user() {
+    let env = Env::new(Backend::Overlayfs);
+    let spec = env.spec(
+        "env.spec",
+        r#"((from busybox)
+            (env GREETING hello)
+            (run (shell "echo ROOT_HOME=$HOME; echo PATH=$PATH; echo GREETING=$GREETING"))
+            (user (uid 1234) (gid 1234))
+            (run (shell "echo USER_HOME=$HOME")))"#,
+    );
+    let (_, log) = env.build_ok(&spec, &env.context("ctx"), &["--progress", "plain"]);
+    let line = |key: &str| {
+        log.lines()
+            .find_map(|l| l.trim().strip_prefix(key).map(str::to_owned))
+            .unwrap_or_else(|| panic!("no {key} in {log}"))
+    };
+    assert_eq!(line("ROOT_HOME="), "/root");
+    assert_eq!(line("USER_HOME="), "/");
+    assert_eq!(line("GREETING="), "hello");
+    assert!(line("PATH=").contains("/bin"), "{log}");
+}
