@@ -233,9 +233,14 @@ fn shipped_prune_commands_run() {
     chain(&env, "cron");
     let repo = common::repo();
     let cron = std::fs::read_to_string(repo.join("scripts/cron/strata-prune")).unwrap();
+    // The first line that is neither a comment nor an environment setting (`PATH=...`).
     let line = cron
         .lines()
-        .find(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
+        .find(|l| {
+            let l = l.trim();
+            let setting = l.split_whitespace().next().is_some_and(|w| w.contains('='));
+            !l.starts_with('#') && !l.is_empty() && !setting
+        })
         .expect("a crontab line");
     // Five time fields and the user, then the command; cron turns "\%" into "%".
     let command = line
