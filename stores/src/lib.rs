@@ -6,6 +6,8 @@
 //!
 //! Contract, for every backend:
 //! - An item is a directory holding `rootfs/`, `log` and, for base images, `env`.
+//! - An item's full tree is read through [`Store::rootfs`], never through
+//!   `result/<id>/rootfs` (see [`Store::result`] for what that holds on each backend).
 //! - [`Store::prepare`] takes the per-id build lock (an flock under `state/locks/`), so two
 //!   processes never build the same id at once; the second waits and then sees the result
 //!   ([`Prepared::Exists`]).
@@ -84,7 +86,8 @@ pub struct Committed {
 }
 
 /// A read-only view of an item's complete root filesystem (the overlay store mounts one on
-/// demand; other stores just point into the item). Valid while the value lives.
+/// demand, shared by every holder in every process and unmounted after the last one; other
+/// stores just point into the item). Valid while the value lives.
 pub trait RootfsView: Send {
     fn path(&self) -> &Path;
 }
@@ -138,11 +141,19 @@ pub trait Store: Send + Sync {
     /// Holds the database, locks and the sandbox's state.
     fn state_dir(&self) -> PathBuf;
 
-    /// The item directory of a committed id, if there is one.
+    /// The item directory of a committed id, if there is one. Cheap, and mounts nothing.
+    ///
+    /// Its `rootfs/` is the item's full tree on btrfs (a read-only snapshot), ZFS (the
+    /// read-only dataset) and the copy stores (a plain tree), but NOT on overlayfs: there it
+    /// is an empty directory, the mount point of the item's view while [`Store::rootfs`] holds
+    /// one (the item's own changes are its layer, `diff/`). Read the tree through
+    /// [`Store::rootfs`]; read `log`, `env` and `image.json` here.
     fn result(&self, id: &StepId) -> Result<Option<PathBuf>>;
     /// Every committed id (for reconcile and `verify`).
     fn list_results(&self) -> Result<Vec<StepId>>;
-    /// A read-only view of the full root filesystem of a committed item.
+    /// A read-only (`ro,nosuid,nodev` where the store mounts it) view of the full root
+    /// filesystem of a committed item, valid while the returned value lives. Hold it only
+    /// while reading: on overlayfs each held view is a host mount.
     fn rootfs(&self, id: &StepId) -> Result<Box<dyn RootfsView + '_>>;
 
     /// Takes the per-id lock (waiting for another builder of the same id) and, unless the id

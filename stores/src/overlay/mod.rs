@@ -5,10 +5,13 @@
 //! - `result/<id>/diff/`: the item's layer (its changes to the parent, with overlay
 //!   whiteouts for deletions); `result/<id>/parent`: the parent's id (absent for a root layer);
 //!   `log` and `env` next to them (they are not part of the layer);
-//! - `result/<id>/rootfs/`: the item's FULL tree, a read-only overlay of its chain of layers
-//!   (a read-only bind mount of `diff` for a root layer), mounted when the item is committed
-//!   and again on demand (after a reboot) by [`Store::result`]. OBuilder's overlay store
-//!   exposes only the last layer there, which breaks `copy (from (build ...))`.
+//! - `result/<id>/rootfs/`: an empty directory, the mount point of the item's view while
+//!   someone holds it ([`Store::rootfs`]): the FULL tree, a read-only overlay of its chain of
+//!   layers (a read-only bind mount of `diff` for a root layer). Views are mounted on demand
+//!   and unmounted after their last user, in any process (see [`view`]), so an idle store
+//!   holds no mount: 10,000 results are not 10,000 host mounts, and `rm -rf` of the store
+//!   works. OBuilder's overlay store exposes only the last layer there, which breaks
+//!   `copy (from (build ...))`.
 //! - `result-tmp/<owner>--<n>-<id>/`: an item being built, with the same files plus `work/`;
 //!   its `rootfs/` is a writable overlay (upper `diff/`) over the base's chain, or, without a
 //!   base, a plain directory that the step creates (it becomes `diff/` at commit);
@@ -20,15 +23,23 @@
 //! one-page option limit of `mount(2)` (about 40 long layer paths) does not apply. Lookups of
 //! missing names cost one probe per layer, so a base deeper than the flatten depth (256
 //! by default; the kernel allows 500) is flattened: the new item starts as a full copy of
-//! the base's tree (reflinked where the filesystem can) and becomes a root layer.
+//! the base's tree (reflinked where the filesystem can) and becomes a root layer. Kernels
+//! before 6.8 mount with `mount(2)` ([`mount::method`]); there a base is also flattened when
+//! its stack would not fit the one-page option string (about 55 layers).
+//!
+//! A clone needs no view: its writable overlay stacks the base's layers directly. Only a
+//! flattening copy, and readers of a result's tree, mount a view while they need it.
 //!
 //! Commit: unmount the writable overlay, drop `work/`, rename the temporary into `result/`
-//! (atomic), mount the read-only view. Opening, locks and leftovers are every directory
+//! (atomic); nothing is mounted. Opening, locks and leftovers are every directory
 //! store's ([`StoreDirs`]); crash leftovers are owner-tagged temporaries, and the mounts
-//! under dead owners' temporaries are unmounted before the trees are removed.
+//! under dead owners' temporaries are unmounted before the trees are removed. Opening also
+//! unmounts views that nobody holds any more (their users died, or an older strata mounted
+//! them for good).
 
 mod cache;
 pub mod mount;
+pub mod view;
 
 use std::fs;
 use std::io;
@@ -84,11 +95,23 @@ impl OverlayStore {
 
     /// [`OverlayStore::open`], saying what to do with the leftovers of dead processes.
     pub fn open_with(spec: &StoreSpec, flatten_depth: usize, leftovers: Leftovers) -> Result<OverlayStore, StoreError> {
-        Ok(OverlayStore {
+        let store = OverlayStore {
             dirs: StoreDirs::open(spec, leftovers, |_| Ok(()), unmount_and_remove)?,
             cache_trees: cache::CacheTrees::new(),
             flatten_depth: flatten_depth.clamp(2, MAX_STACK - 1),
-        })
+        };
+        if leftovers == Leftovers::Remove {
+            store.remove_unused_views();
+        }
+        Ok(store)
+    }
+
+    /// Unmounts the views nobody holds (see [`view::remove_unused_views`]); a failure is
+    /// logged: the store works with them mounted.
+    fn remove_unused_views(&self) {
+        if let Err(e) = view::remove_unused_views(self) {
+            tracing::warn!("cannot remove leftover views in {}: {e}", self.root().display());
+        }
     }
 
     /// The leftovers removed when this store was opened.
@@ -123,24 +146,15 @@ impl OverlayStore {
         }
     }
 
-    /// Mounts the read-only full view of a committed item at `result/<id>/rootfs` unless it
-    /// is mounted already. Serialised per id across processes, so it is mounted once. Views
-    /// are `ro,nosuid,nodev` (one mounted without, by an older strata, is remounted so).
-    fn ensure_view(&self, id: &StepId) -> Result<(), StoreError> {
-        let rootfs = self.layout().result(id).join("rootfs");
-        if mount::is_mount_point(&rootfs)? {
-            return mount::ensure_restricted_view(&rootfs);
-        }
-        let _lock = self.dirs.lock(id, ".view")?;
-        if mount::is_mount_point(&rootfs)? {
-            return mount::ensure_restricted_view(&rootfs);
-        }
+    /// Mounts the read-only full view of a committed item at `target` (`ro,nosuid,nodev`):
+    /// an overlay of its chain, or a bind mount of a root layer. The caller serialises.
+    fn mount_view(&self, id: &StepId, target: &Path) -> Result<(), StoreError> {
         let layers = self.chain(id)?;
         if layers.len() == 1 {
-            mount::bind_read_only(&layers[0], &rootfs)
+            mount::bind_read_only(&layers[0], target)
         } else {
             mount::mount_overlay(
-                &rootfs,
+                target,
                 &OverlayLayers {
                     lower: &layers,
                     upper: None,
@@ -160,12 +174,16 @@ impl OverlayStore {
         }
         let layers = self.chain(base)?;
         let rootfs = tmp.join("rootfs");
-        if layers.len() >= self.flatten_depth {
-            self.ensure_view(base)?;
-            copy_tree(&base_item.join("rootfs"), &rootfs, DataCopy::ReflinkOrPlain)?;
+        let (diff, work) = (tmp.join("diff"), tmp.join("work"));
+        let stack = OverlayLayers {
+            lower: &layers,
+            upper: Some((&diff, &work)),
+        };
+        if layers.len() >= self.flatten_depth || !mount::overlay_fits(&stack)? {
+            let view = view::SharedView::acquire(self, base)?;
+            copy_tree(view.path(), &rootfs, DataCopy::ReflinkOrPlain)?;
             return Ok(false);
         }
-        let (diff, work) = (tmp.join("diff"), tmp.join("work"));
         for dir in [&diff, &work, &rootfs] {
             fs::create_dir(dir).context(|| format!("creating {}", dir.display()))?;
         }
@@ -176,13 +194,7 @@ impl OverlayStore {
         fs::set_permissions(&diff, fs::Permissions::from_mode(top.mode() & 0o7777))
             .context(|| format!("changing mode of {}", diff.display()))?;
         fs::write(tmp.join("parent"), base.as_str()).context(|| format!("writing {}/parent", tmp.display()))?;
-        mount::mount_overlay(
-            &rootfs,
-            &OverlayLayers {
-                lower: &layers,
-                upper: Some((&diff, &work)),
-            },
-        )?;
+        mount::mount_overlay(&rootfs, &stack)?;
         Ok(true)
     }
 }
@@ -204,11 +216,7 @@ impl Store for OverlayStore {
 
     fn result(&self, id: &StepId) -> Result<Option<PathBuf>, StoreError> {
         let item = self.layout().result(id);
-        if !exists(&item) {
-            return Ok(None);
-        }
-        self.ensure_view(id)?;
-        Ok(Some(item))
+        Ok(exists(&item).then_some(item))
     }
 
     fn list_results(&self) -> Result<Vec<StepId>, StoreError> {
@@ -216,8 +224,10 @@ impl Store for OverlayStore {
     }
 
     fn rootfs(&self, id: &StepId) -> Result<Box<dyn RootfsView + '_>, StoreError> {
-        let item = self.result(id)?.ok_or_else(|| StoreError::NotFound(id.to_string()))?;
-        Ok(Box::new(MountedView(item.join("rootfs"))))
+        if self.result(id)?.is_none() {
+            return Err(StoreError::NotFound(id.to_string()));
+        }
+        Ok(Box::new(view::SharedView::acquire(self, id)?))
     }
 
     fn prepare(&self, base: Option<&StepId>, id: &StepId) -> Result<Prepared<'_>, StoreError> {
@@ -254,10 +264,15 @@ impl Store for OverlayStore {
         if !exists(&item) {
             return Ok(());
         }
-        mount::unmount_stack(&item.join("rootfs"))?;
-        // Aside first: a crash during the removal leaves an orphan, not half an item.
         let aside = self.dirs.temporary(&self.layout().result_tmp_dir(), id.as_str());
-        fs::rename(&item, &aside).context(|| format!("moving {} aside", item.display()))?;
+        {
+            // No view is mounted meanwhile; one still held is detached (its holder is
+            // reading an item being deleted).
+            let _serial = view::view_lock(self, id)?;
+            mount::unmount_stack(&item.join("rootfs"))?;
+            // Aside first: a crash during the removal leaves an orphan, not half an item.
+            fs::rename(&item, &aside).context(|| format!("moving {} aside", item.display()))?;
+        }
         unmount_and_remove(&aside)
     }
 
@@ -287,6 +302,7 @@ impl Store for OverlayStore {
     }
 
     fn remove_stale_temporaries(&self) -> Result<Vec<String>, StoreError> {
+        self.remove_unused_views();
         self.dirs.remove_stale_temporaries(unmount_and_remove)
     }
 
@@ -300,17 +316,6 @@ impl Store for OverlayStore {
             .filter(|id| !layout.result(id).join("diff").is_dir())
             .map(|id| (id, "its layer diff/ is gone".to_owned()))
             .collect())
-    }
-}
-
-/// `result/<id>/rootfs`, mounted by [`OverlayStore::ensure_view`]. It stays mounted after
-/// the view is dropped: other holders of the item's path (other processes included) rely
-/// on it, and it goes with the item on delete.
-struct MountedView(PathBuf);
-
-impl RootfsView for MountedView {
-    fn path(&self) -> &Path {
-        &self.0
     }
 }
 
@@ -344,10 +349,6 @@ impl OverlayPending<'_> {
         fs::rename(&self.tmp, &item).context(|| format!("renaming {} to {}", self.tmp.display(), item.display()))?;
         self.finished = true;
         let size_bytes = crate::size::apparent_size(&item.join("diff")).unwrap_or(0);
-        // Committed either way; a view that fails to mount now is retried by `result`.
-        if let Err(e) = self.store.ensure_view(&self.id) {
-            tracing::warn!("cannot mount the view of {}: {e}", self.id);
-        }
         Ok(Committed { path: item, size_bytes })
     }
 }

@@ -1,18 +1,28 @@
-//! The mounts the overlay store makes: overlays through the new mount API, read-only bind
-//! mounts, unmounting, and finding mounts under a directory.
+//! The mounts the overlay store makes: overlays (through the new mount API, or `mount(2)` on
+//! kernels before 6.8), read-only bind mounts, unmounting, and finding mounts under a directory.
 //!
 //! Overlays are made with `fsopen("overlay")` and one `fsconfig(FSCONFIG_SET_STRING,
 //! "lowerdir+", layer)` per layer (kernel 6.8+), so the depth of a stack is bounded by the
 //! kernel's stack limit (500 layers), not by the one-page option string of `mount(2)` that
 //! holds only about 40 long layer paths. Errors carry the kernel's message, read from the
 //! filesystem context.
+//!
+//! Older kernels (Debian 12's 6.1) have no `lowerdir+`: there the overlay is mounted with
+//! `mount(2)` and a classic `lowerdir=a:b:c` string. To keep it short, the layers are named
+//! relative to their common directory (`result/`, so a layer is `<id>/diff`, 69 bytes), from
+//! a thread that unshared its working directory (`unshare(CLONE_FS)`) and changed into it, as
+//! OBuilder does from a forked helper: the process's own working directory, shared by every
+//! thread, never moves. One page still holds only about 55 layers, so the store flattens
+//! bases whose stack would not fit ([`overlay_fits`]). Which way is used is detected once
+//! ([`method`]); `STRATA_OVERLAY_MOUNT=legacy` (or `=new`) forces it, for tests.
 
-use std::ffi::CString;
+use std::ffi::{CString, OsString};
 use std::fs;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::OnceLock;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
@@ -89,9 +99,227 @@ fn view_flags() -> MsFlags {
     MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV
 }
 
+/// How overlays are mounted on this kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// `fsopen` and one `fsconfig("lowerdir+")` per layer (Linux 6.8+).
+    New,
+    /// `mount(2)` with `lowerdir=a:b:c` relative to the layers' directory (older kernels).
+    Legacy,
+}
+
+/// The environment variable that forces a [`Method`]: `legacy` or `new` (anything else: detect).
+pub const METHOD_ENV: &str = "STRATA_OVERLAY_MOUNT";
+
+/// How this process mounts overlays: forced by [`METHOD_ENV`], else detected once.
+pub fn method() -> Method {
+    static METHOD: OnceLock<Method> = OnceLock::new();
+    *METHOD.get_or_init(|| {
+        let method = match std::env::var(METHOD_ENV).as_deref() {
+            Ok("legacy") => Method::Legacy,
+            Ok("new") => Method::New,
+            _ => detect_method(),
+        };
+        tracing::debug!("overlay mounts: {method:?}");
+        method
+    })
+}
+
+/// Asks the kernel whether overlayfs takes `lowerdir+`, without mounting anything. An
+/// overlayfs with its own filesystem context (6.5+) refuses keys it does not know with EINVAL:
+/// `lowerdir+` from 6.8 on. Before 6.5 overlayfs has a "legacy" context that accepts any key
+/// (and fails only when the superblock is made), so a made-up key is tried too: accepted, it is
+/// that legacy context.
+fn detect_method() -> Method {
+    let Ok(name) = cstring(b"overlay", "fs name") else {
+        return Method::New;
+    };
+    // SAFETY: fsopen with a valid C string; the returned fd is owned below.
+    let fd = unsafe { libc::syscall(libc::SYS_fsopen, name.as_ptr(), FSOPEN_CLOEXEC) };
+    if fd < 0 {
+        let err = io::Error::last_os_error();
+        // No new mount API at all (before 5.2): mount(2) is all there is.
+        return if err.raw_os_error() == Some(libc::ENOSYS) {
+            Method::Legacy
+        } else {
+            Method::New
+        };
+    }
+    // SAFETY: fd is a fresh descriptor that nothing else owns.
+    let fs = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let accepts = |key: &[u8], value: &[u8]| -> bool {
+        let (Ok(key), Ok(value)) = (cstring(key, "key"), cstring(value, "value")) else {
+            return false;
+        };
+        // SAFETY: valid fd and C strings that outlive the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs.as_raw_fd(),
+                FSCONFIG_SET_STRING,
+                key.as_ptr(),
+                value.as_ptr(),
+                0,
+            )
+        };
+        rc == 0
+    };
+    if !accepts(b"lowerdir+", b"/") || accepts(b"strata-probe-no-such-option", b"1") {
+        Method::Legacy
+    } else {
+        Method::New
+    }
+}
+
 /// Mounts an overlay of `layers` on `target`: a read-only one (no upper layer) is a view,
 /// mounted `ro,nosuid,nodev`; a writable one is a step's rootfs, mounted without either.
 pub fn mount_overlay(target: &Path, layers: &OverlayLayers<'_>) -> Result<(), StoreError> {
+    match method() {
+        Method::New => mount_overlay_new(target, layers),
+        Method::Legacy => mount_overlay_legacy(target, layers),
+    }
+}
+
+/// Whether this process can mount an overlay of `layers`: always with the new API (the stack
+/// limit is the caller's business), and with `mount(2)` when the options fit in a page.
+pub fn overlay_fits(layers: &OverlayLayers<'_>) -> Result<bool, StoreError> {
+    match method() {
+        Method::New => Ok(true),
+        Method::Legacy => Ok(legacy_options(layers)?.1.len() < page_size()),
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size).ok().filter(|s| *s > 0).unwrap_or(4096)
+}
+
+/// `path` made absolute against the working directory (the process's, not a helper thread's).
+fn absolute(path: &Path) -> Result<PathBuf, StoreError> {
+    if path.is_absolute() {
+        return Ok(path.to_path_buf());
+    }
+    let cwd = std::env::current_dir().map_err(|e| StoreError::io("reading the working directory", e))?;
+    Ok(cwd.join(path))
+}
+
+/// `path` relative to `base` (both absolute): `../x/y` style, lexically.
+fn relative_to(path: &Path, base: &Path) -> PathBuf {
+    let (p, b): (Vec<Component>, Vec<Component>) = (path.components().collect(), base.components().collect());
+    let common = p.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let mut out = PathBuf::new();
+    for _ in common..b.len() {
+        out.push("..");
+    }
+    for c in &p[common..] {
+        out.push(c.as_os_str());
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
+}
+
+/// Appends `path` to a `mount(2)` option string, escaping what overlayfs splits on.
+fn push_escaped(options: &mut Vec<u8>, path: &Path) {
+    for &b in path.as_os_str().as_bytes() {
+        if matches!(b, b'\\' | b',' | b':') {
+            options.push(b'\\');
+        }
+        options.push(b);
+    }
+}
+
+/// The directory the layers are named from (the lowest layer's grandparent: `result/`), and
+/// the `mount(2)` options naming every layer relative to it.
+fn legacy_options(layers: &OverlayLayers<'_>) -> Result<(PathBuf, Vec<u8>), StoreError> {
+    let first = layers
+        .lower
+        .first()
+        .ok_or_else(|| StoreError::io("mounting an overlay without layers", io::ErrorKind::InvalidInput.into()))?;
+    let first = absolute(first)?;
+    let dir = first
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("/"))
+        .to_path_buf();
+    let mut options = b"lowerdir=".to_vec();
+    for (n, layer) in layers.lower.iter().enumerate() {
+        if n > 0 {
+            options.push(b':');
+        }
+        push_escaped(&mut options, &relative_to(&absolute(layer)?, &dir));
+    }
+    if let Some((upper, work)) = layers.upper {
+        options.extend_from_slice(b",upperdir=");
+        push_escaped(&mut options, &relative_to(&absolute(upper)?, &dir));
+        options.extend_from_slice(b",workdir=");
+        push_escaped(&mut options, &relative_to(&absolute(work)?, &dir));
+    }
+    Ok((dir, options))
+}
+
+/// [`mount_overlay`] with `mount(2)`, from a helper thread whose working directory is the
+/// layers' directory (see the module documentation).
+fn mount_overlay_legacy(target: &Path, layers: &OverlayLayers<'_>) -> Result<(), StoreError> {
+    let what = || {
+        format!(
+            "mounting an overlay of {} layers on {} with mount(2)",
+            layers.lower.len(),
+            target.display()
+        )
+    };
+    let (dir, options) = legacy_options(layers)?;
+    if options.len() >= page_size() {
+        return Err(StoreError::io(
+            format!(
+                "{}: the options take {} bytes, more than a page (this depth needs Linux 6.8's lowerdir+)",
+                what(),
+                options.len()
+            ),
+            io::ErrorKind::InvalidInput.into(),
+        ));
+    }
+    let target = absolute(target)?;
+    let options = OsString::from_vec(options);
+    let flags = if layers.upper.is_none() {
+        view_flags()
+    } else {
+        MsFlags::empty()
+    };
+    let outcome = std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> Result<(), (&'static str, nix::Error)> {
+                // This thread's working directory only; it ends with the thread.
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS).map_err(|e| ("unshare(CLONE_FS)", e))?;
+                nix::unistd::chdir(&dir).map_err(|e| ("chdir", e))?;
+                mount(
+                    Some("overlay"),
+                    &target,
+                    Some("overlay"),
+                    flags,
+                    Some(options.as_os_str()),
+                )
+                .map_err(|e| ("mount", e))
+            })
+            .join()
+    });
+    match outcome {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err((step, e))) => Err(StoreError::io(
+            format!("{}: {step} (in {})", what(), dir.display()),
+            e.into(),
+        )),
+        Err(_) => Err(StoreError::io(
+            format!("{}: the helper thread panicked", what()),
+            io::Error::other("panic"),
+        )),
+    }
+}
+
+/// [`mount_overlay`] with the new mount API.
+fn mount_overlay_new(target: &Path, layers: &OverlayLayers<'_>) -> Result<(), StoreError> {
     let what = || {
         format!(
             "mounting an overlay of {} layers on {}",
@@ -390,6 +618,43 @@ mod tests {
         assert_eq!(unescape_mount_path("/a\\040b"), PathBuf::from("/a b"));
         assert_eq!(unescape_mount_path("/plain"), PathBuf::from("/plain"));
         assert_eq!(unescape_mount_path("/x\\134y"), PathBuf::from("/x\\y"));
+    }
+
+    #[test]
+    fn relative_layer_paths() {
+        let rel = |p: &str, b: &str| relative_to(Path::new(p), Path::new(b));
+        assert_eq!(rel("/s/result/x/diff", "/s/result"), PathBuf::from("x/diff"));
+        assert_eq!(
+            rel("/s/result-tmp/t/diff", "/s/result"),
+            PathBuf::from("../result-tmp/t/diff")
+        );
+        assert_eq!(rel("/s/result", "/s/result"), PathBuf::from("."));
+        assert_eq!(rel("/a", "/s/result"), PathBuf::from("../../a"));
+    }
+
+    #[test]
+    fn legacy_options_are_short_and_escaped() {
+        let lower = [PathBuf::from("/s/result/aa/diff"), PathBuf::from("/s/result/bb/diff")];
+        let (upper, work) = (Path::new("/s/result-tmp/a,b:c/diff"), Path::new("/s/result-tmp/w"));
+        let (dir, options) = legacy_options(&OverlayLayers {
+            lower: &lower,
+            upper: Some((upper, work)),
+        })
+        .unwrap();
+        assert_eq!(dir, PathBuf::from("/s/result"));
+        assert_eq!(
+            String::from_utf8(options).unwrap(),
+            "lowerdir=aa/diff:bb/diff,upperdir=../result-tmp/a\\,b\\:c/diff,workdir=../result-tmp/w"
+        );
+        // 64-hex ids: about 55 read-only layers fit in a 4 KiB page.
+        let id = "f".repeat(64);
+        let many: Vec<PathBuf> = (0..55).map(|_| PathBuf::from(format!("/s/result/{id}/diff"))).collect();
+        let (_, options) = legacy_options(&OverlayLayers {
+            lower: &many,
+            upper: None,
+        })
+        .unwrap();
+        assert!(options.len() < 4096, "{}", options.len());
     }
 
     /// Unmounts whatever a test left mounted under its directory, even when it fails.
