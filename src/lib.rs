@@ -11,6 +11,7 @@ pub mod db;
 pub mod fetch;
 pub mod key;
 pub mod spec;
+pub mod worker;
 
 pub use strata_sandbox as sandbox;
 pub use strata_stores as stores;
