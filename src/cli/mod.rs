@@ -17,6 +17,7 @@ pub mod progress;
 pub mod prune;
 pub mod units;
 pub mod verify;
+pub mod worker;
 
 use std::process::ExitCode;
 
@@ -95,6 +96,8 @@ pub enum Command {
     Completions(completions::CompletionsArgs),
     /// Print the man page (roff)
     Man(man::ManArgs),
+    /// Join an OCluster pool as a worker and run its OBuilder jobs
+    Worker(worker::WorkerArgs),
 }
 
 fn init_logging(global: &GlobalArgs) {
@@ -137,6 +140,7 @@ pub fn main() -> ExitCode {
         Command::Dockerfile(args) => dockerfile::run(&args),
         Command::Completions(args) => completions::run(&args),
         Command::Man(args) => man::run(&args),
+        Command::Worker(args) => worker::run(&cli.global, args),
     };
     exit::report(result)
 }
