@@ -13,6 +13,7 @@ pub mod fmt;
 pub mod healthcheck;
 pub mod inspect;
 pub mod man;
+pub mod mount;
 pub mod progress;
 pub mod prune;
 pub mod units;
@@ -80,6 +81,10 @@ pub enum Command {
     Info(inspect::IdArgs),
     /// Print an item's log
     Log(inspect::IdArgs),
+    /// Mount an item's root filesystem read-only (nosuid, nodev) on a directory
+    Mount(mount::MountArgs),
+    /// Unmount a directory `strata mount` mounted
+    Umount(mount::UmountArgs),
     /// Items, caches, bytes and free space of a store
     Du(inspect::DuArgs),
     /// List or delete writable caches
@@ -132,6 +137,8 @@ pub fn main() -> ExitCode {
         Command::Ls(args) => inspect::ls(&cli.global, args),
         Command::Info(args) => inspect::info(&cli.global, args),
         Command::Log(args) => inspect::log(&cli.global, args),
+        Command::Mount(args) => mount::mount(&cli.global, args),
+        Command::Umount(args) => mount::umount(args),
         Command::Du(args) => inspect::du(&cli.global, args),
         Command::Cache(args) => cache::run(&cli.global, args),
         Command::Verify(args) => verify::run(&cli.global, args),
