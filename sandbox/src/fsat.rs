@@ -338,3 +338,98 @@ pub fn is_root_user() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+
+    /// A temporary tree: directories, files (holding "keep") and `(target, link)` symlinks.
+    fn tree(dirs: &[&str], files: &[&str], symlinks: &[(&str, &str)]) -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().unwrap();
+        for dir in dirs {
+            std::fs::create_dir_all(tmp.path().join(dir)).unwrap();
+        }
+        for file in files {
+            std::fs::write(tmp.path().join(file), "keep").unwrap();
+        }
+        for (target, link) in symlinks {
+            symlink(target, tmp.path().join(link)).unwrap();
+        }
+        tmp
+    }
+
+    fn ino(fd: BorrowedFd<'_>) -> u64 {
+        fstat(fd).unwrap().st_ino
+    }
+
+    fn errno(result: io::Result<impl Sized>) -> i32 {
+        result.err().and_then(|e| e.raw_os_error()).unwrap_or(0)
+    }
+
+    /// `..` and absolute symlinks inside the root are clamped at it, as in a container.
+    #[test]
+    fn open_in_root_never_leaves_the_root() {
+        let tmp = tree(&["root/etc", "etc"], &["root/etc/x", "etc/x"], &[("/", "root/up")]);
+        let root = open_root(&tmp.path().join("root")).unwrap();
+        let inside = open_in_root(root.as_fd(), c"etc/x", libc::O_RDONLY).unwrap();
+        let via_up = open_in_root(root.as_fd(), c"up/../../etc/x", libc::O_RDONLY).unwrap();
+        assert_eq!(ino(inside.as_fd()), ino(via_up.as_fd()));
+        let top = open_in_root(root.as_fd(), c"", libc::O_PATH | libc::O_DIRECTORY).unwrap();
+        let above = open_in_root(root.as_fd(), c"..", libc::O_PATH | libc::O_DIRECTORY).unwrap();
+        assert_eq!(ino(top.as_fd()), ino(above.as_fd()));
+        assert_eq!(ino(root.as_fd()), ino(above.as_fd()));
+    }
+
+    /// Sources are opened through no symlink and never above their directory.
+    #[test]
+    fn open_beneath_no_symlinks_refuses_symlinks_and_climbing() {
+        let tmp = tree(
+            &["ctx/sub"],
+            &["ctx/sub/f", "outside"],
+            &[("sub", "ctx/link"), ("f", "ctx/sub/flink")],
+        );
+        let dir = open_root(&tmp.path().join("ctx")).unwrap();
+        assert!(open_beneath_no_symlinks(dir.as_fd(), c"sub/f", libc::O_RDONLY).is_ok());
+        let open = |rel: &CStr| open_beneath_no_symlinks(dir.as_fd(), rel, libc::O_RDONLY | libc::O_NOFOLLOW);
+        assert_eq!(errno(open(c"link/f")), libc::ELOOP);
+        assert_eq!(errno(open(c"sub/flink")), libc::ELOOP);
+        assert_eq!(errno(open(c"../outside")), libc::EXDEV);
+    }
+
+    /// The single-component calls never write or open through a symlink in the last component.
+    #[test]
+    fn last_component_symlinks_are_never_followed() {
+        let tmp = tree(
+            &["target", "dir"],
+            &["target/f"],
+            &[("../target/f", "dir/file"), ("../target", "dir/sub")],
+        );
+        let target = tmp.path().join("target");
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = open_root(&tmp.path().join("dir")).unwrap();
+
+        assert_eq!(errno(create_file_at(dir.as_fd(), c"file")), libc::EEXIST);
+        // O_DIRECTORY | O_NOFOLLOW on a symlink: ENOTDIR.
+        assert_eq!(errno(open_dir_at(dir.as_fd(), c"sub")), libc::ENOTDIR);
+        assert_eq!(errno(mkdir_at(dir.as_fd(), c"sub", 0o700)), libc::EEXIST);
+        let owner = std::fs::metadata(tmp.path()).unwrap();
+        chown_at(dir.as_fd(), c"sub", owner.uid(), owner.gid()).unwrap();
+        unlink_at(dir.as_fd(), c"file").unwrap();
+        assert_eq!(std::fs::read_to_string(target.join("f")).unwrap(), "keep");
+        assert_eq!(std::fs::metadata(&target).unwrap().mode() & 0o7777, 0o755);
+
+        // A new file and directory: created without following, then chmod-ed exactly (no umask).
+        let file = create_file_at(dir.as_fd(), c"file").unwrap();
+        fchmod(file.as_fd(), 0o4750).unwrap();
+        assert!(is_regular(&fstat(file.as_fd()).unwrap()));
+        assert_eq!(fstat(file.as_fd()).unwrap().st_mode & 0o7777, 0o4750);
+        mkdir_at(dir.as_fd(), c"new", 0o700).unwrap();
+        let new = open_dir_at(dir.as_fd(), c"new").unwrap();
+        fchmod(new.as_fd(), 0o1777).unwrap();
+        assert!(is_dir(&lstat_at(dir.as_fd(), c"new").unwrap().unwrap()));
+        assert_eq!(fstat(new.as_fd()).unwrap().st_mode & 0o7777, 0o1777);
+        assert!(lstat_at(dir.as_fd(), c"missing").unwrap().is_none());
+    }
+}

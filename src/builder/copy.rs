@@ -18,19 +18,19 @@
 //! descriptor of the rootfs, so symlinks are followed as they would be inside the container and
 //! can never lead out of it; entries are then created with `*at()` calls relative to a resolved
 //! directory descriptor, with `O_NOFOLLOW`/`O_EXCL` on the final component. Sources are opened
-//! with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` below the source directory.
+//! with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` below the source directory. All of these calls
+//! go through [`strata_sandbox::fsat`], the rootfs-relative primitive the layer unpacker and the
+//! sandbox's cleanup use too (it also retries `openat2`'s `EAGAIN`).
 
+use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
+use strata_sandbox::fsat;
 use strata_sandbox::Cancel;
 
-use nix::errno::Errno;
-use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
-use nix::sys::stat::{fchmod, fstat, mkdirat, Mode, SFlag};
-use nix::unistd::{fchown, fchownat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
@@ -39,6 +39,9 @@ use crate::spec::ast;
 
 /// Files are copied through a buffer of this size (each byte read once, hashed, written).
 const COPY_CHUNK: usize = 1024 * 1024;
+
+/// The bits a mode from the manifest may set: permissions, set-id and sticky.
+const MODE_BITS: u32 = 0o7777;
 
 /// A copy ready to execute: the operation (manifests and destination) its step id hashes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,15 +87,26 @@ pub enum CopyError {
     },
 }
 
-fn io_err<'p>(action: &'static str, path: &'p str) -> impl FnOnce(Errno) -> CopyError + 'p {
-    move |errno| match errno {
-        Errno::ENOSYS => CopyError::Openat2Unsupported,
+fn io_err<'p>(action: &'static str, path: &'p str) -> impl FnOnce(io::Error) -> CopyError + 'p {
+    move |error| match error.raw_os_error() {
+        Some(libc::ENOSYS) => CopyError::Openat2Unsupported,
         _ => CopyError::Io {
             action,
             path: path.to_owned(),
-            source: errno.into(),
+            source: error,
         },
     }
+}
+
+/// The errno a failed call answered, if any.
+fn errno(error: &io::Error) -> i32 {
+    error.raw_os_error().unwrap_or(0)
+}
+
+/// A rootfs or source path (or a name, or a symlink target) for the kernel; a NUL byte in it is
+/// `EINVAL`, as the kernel would have it.
+fn c_path(path: &str) -> io::Result<CString> {
+    CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
 /// A path inside the rootfs as the user sees it (`""` is the root).
@@ -155,22 +169,17 @@ pub fn execute_copy_until(
     cancel: &Cancel,
 ) -> Result<CopyStats, CopyError> {
     let open_dir = |path: &Path| {
-        nix::fcntl::open(
-            path,
-            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| CopyError::Io {
+        fsat::open_root(path).map_err(|e| CopyError::Io {
             action: "opening",
             path: path.display().to_string(),
-            source: e.into(),
+            source: e,
         })
     };
     let mut copier = Copier {
         root: open_dir(rootfs)?,
         source: open_dir(source_root)?,
-        uid: Uid::from_raw(uid),
-        gid: Gid::from_raw(gid),
+        uid,
+        gid,
         files: Vec::new(),
         new_dirs: Vec::new(),
         stats: CopyStats::default(),
@@ -183,9 +192,9 @@ pub fn execute_copy_until(
                 match item {
                     // `src .`: the source root's contents merge into the destination directory.
                     Manifest::Dir { path, children, .. } if path.is_empty() => {
-                        copier.copy_children(&dir, &dir_path, children)?
+                        copier.copy_children(dir.as_fd(), &dir_path, children)?
                     }
-                    _ => copier.copy_entry(&dir, &dir_path, item.basename(), item)?,
+                    _ => copier.copy_entry(dir.as_fd(), &dir_path, item.basename(), item)?,
                 }
             }
         }
@@ -198,7 +207,7 @@ pub fn execute_copy_until(
                 return Err(CopyError::InvalidDestination { dst: dst.clone() });
             }
             let (parent_path, parent) = copier.ensure_parents(parents)?;
-            copier.copy_entry(&parent, &parent_path, name, item)?;
+            copier.copy_entry(parent.as_fd(), &parent_path, name, item)?;
         }
     }
     copier.finish()
@@ -232,8 +241,8 @@ struct FileJob<'a> {
 struct Copier<'a> {
     root: OwnedFd,
     source: OwnedFd,
-    uid: Uid,
-    gid: Gid,
+    uid: u32,
+    gid: u32,
     files: Vec<FileJob<'a>>,
     /// Directories this copy created, in creation order, with their final mode.
     new_dirs: Vec<(String, u32)>,
@@ -242,13 +251,10 @@ struct Copier<'a> {
 }
 
 impl<'a> Copier<'a> {
-    /// Resolves `path` inside the rootfs as the container would, never leaving it.
-    fn open_in_root(&self, path: &str, flags: OFlag) -> nix::Result<OwnedFd> {
-        let path = if path.is_empty() { "." } else { path };
-        let how = OpenHow::new()
-            .flags(flags | OFlag::O_CLOEXEC)
-            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-        openat2(&self.root, path, how)
+    /// Resolves `path` inside the rootfs as the container would, never leaving it (`""` is the
+    /// rootfs itself).
+    fn open_in_root(&self, path: &str, flags: libc::c_int) -> io::Result<OwnedFd> {
+        fsat::open_in_root(self.root.as_fd(), &c_path(path)?, flags)
     }
 
     /// Opens each destination parent, creating missing ones (0755, `uid:gid`). Existing ones,
@@ -256,18 +262,18 @@ impl<'a> Copier<'a> {
     fn ensure_parents(&mut self, components: &[&str]) -> Result<(String, OwnedFd), CopyError> {
         let mut path = String::new();
         let mut dir = self
-            .open_in_root("", OFlag::O_PATH | OFlag::O_DIRECTORY)
+            .open_in_root("", libc::O_PATH | libc::O_DIRECTORY)
             .map_err(io_err("opening", "/"))?;
         for component in components {
             let next = child_path(&path, component);
-            dir = match self.open_in_root(&next, OFlag::O_PATH | OFlag::O_DIRECTORY) {
+            dir = match self.open_in_root(&next, libc::O_PATH | libc::O_DIRECTORY) {
                 Ok(fd) => fd,
-                Err(Errno::ENOENT) => {
-                    let fd = self.make_dir(&dir, component, &next, 0o755)?;
+                Err(e) if errno(&e) == libc::ENOENT => {
+                    let fd = self.make_dir(dir.as_fd(), component, &next, 0o755)?;
                     self.stats.dirs += 1;
                     fd
                 }
-                Err(Errno::ENOTDIR) => return Err(CopyError::NotADirectory { path: shown(&next) }),
+                Err(e) if errno(&e) == libc::ENOTDIR => return Err(CopyError::NotADirectory { path: shown(&next) }),
                 Err(e) => return Err(io_err("opening", &shown(&next))(e)),
             };
             path = next;
@@ -275,24 +281,20 @@ impl<'a> Copier<'a> {
         Ok((path, dir))
     }
 
-    /// Creates directory `name` in `parent`, owned by `uid:gid` with `mode`; returns an `O_PATH`
-    /// descriptor of it.
-    fn make_dir(&self, parent: &OwnedFd, name: &str, path: &str, mode: u32) -> Result<OwnedFd, CopyError> {
+    /// Creates directory `name` in `parent`, owned by `uid:gid` with `mode`; returns a descriptor
+    /// of it.
+    fn make_dir(&self, parent: BorrowedFd<'_>, name: &str, path: &str, mode: u32) -> Result<OwnedFd, CopyError> {
         let path = shown(path);
-        mkdirat(parent, name, Mode::from_bits_truncate(0o700)).map_err(|e| match e {
-            Errno::EEXIST => CopyError::NotADirectory { path: path.clone() },
-            e => io_err("creating directory", &path)(e),
+        let name = c_path(name).map_err(io_err("creating directory", &path))?;
+        fsat::mkdir_at(parent, &name, 0o700).map_err(|e| match errno(&e) {
+            libc::EEXIST => CopyError::NotADirectory { path: path.clone() },
+            _ => io_err("creating directory", &path)(e),
         })?;
-        let fd = openat(
-            parent,
-            name,
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(io_err("opening", &path))?;
-        fchown(&fd, Some(self.uid), Some(self.gid)).map_err(io_err("changing owner of", &path))?;
+        // O_RDONLY | O_DIRECTORY | O_NOFOLLOW: the directory just made, never a symlink put there.
+        let fd = fsat::open_dir_at(parent, &name).map_err(io_err("opening", &path))?;
+        fsat::fchown(fd.as_fd(), self.uid, self.gid).map_err(io_err("changing owner of", &path))?;
         // Explicit chmod: the mode given to mkdir is filtered by the umask.
-        fchmod(&fd, Mode::from_bits_truncate(mode)).map_err(io_err("changing mode of", &path))?;
+        fsat::fchmod(fd.as_fd(), mode & MODE_BITS).map_err(io_err("changing mode of", &path))?;
         Ok(fd)
     }
 
@@ -300,7 +302,7 @@ impl<'a> Copier<'a> {
     /// Directories and symlinks are made now; files are queued for the parallel pass.
     fn copy_entry(
         &mut self,
-        parent: &OwnedFd,
+        parent: BorrowedFd<'_>,
         parent_path: &str,
         name: &str,
         entry: &'a Manifest,
@@ -322,15 +324,13 @@ impl<'a> Copier<'a> {
             }
             Manifest::Symlink { target, .. } => {
                 remove_non_dir(parent, name, &path)?;
-                symlinkat(target.as_str(), parent, name).map_err(io_err("creating symlink", &shown(&path)))?;
-                fchownat(
-                    parent,
-                    name,
-                    Some(self.uid),
-                    Some(self.gid),
-                    nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-                )
-                .map_err(io_err("changing owner of", &shown(&path)))?;
+                let shown_path = shown(&path);
+                let name = c_path(name).map_err(io_err("creating symlink", &shown_path))?;
+                c_path(target)
+                    .and_then(|target| fsat::symlink_at(&target, parent, &name))
+                    .map_err(io_err("creating symlink", &shown_path))?;
+                // AT_SYMLINK_NOFOLLOW: the symlink itself is re-owned, never what it points to.
+                fsat::chown_at(parent, &name, self.uid, self.gid).map_err(io_err("changing owner of", &shown_path))?;
                 self.stats.symlinks += 1;
             }
             Manifest::Dir { mode, children, .. } => {
@@ -344,9 +344,9 @@ impl<'a> Copier<'a> {
                     // Something is there: merge into it if it is (or leads, inside the rootfs,
                     // to) a directory, without changing it.
                     Err(CopyError::NotADirectory { .. }) => {
-                        match self.open_in_root(&path, OFlag::O_PATH | OFlag::O_DIRECTORY) {
+                        match self.open_in_root(&path, libc::O_PATH | libc::O_DIRECTORY) {
                             Ok(fd) => fd,
-                            Err(Errno::ENOTDIR | Errno::ENOENT) => {
+                            Err(e) if matches!(errno(&e), libc::ENOTDIR | libc::ENOENT) => {
                                 return Err(CopyError::NotADirectory { path: shown(&path) })
                             }
                             Err(e) => return Err(io_err("opening", &shown(&path))(e)),
@@ -354,13 +354,18 @@ impl<'a> Copier<'a> {
                     }
                     Err(e) => return Err(e),
                 };
-                self.copy_children(&dir, &path, children)?;
+                self.copy_children(dir.as_fd(), &path, children)?;
             }
         }
         Ok(())
     }
 
-    fn copy_children(&mut self, dir: &OwnedFd, dir_path: &str, children: &'a [Manifest]) -> Result<(), CopyError> {
+    fn copy_children(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        dir_path: &str,
+        children: &'a [Manifest],
+    ) -> Result<(), CopyError> {
         for child in children {
             self.copy_entry(dir, dir_path, child.basename(), child)?;
         }
@@ -379,43 +384,47 @@ impl<'a> Copier<'a> {
         self.stats.bytes = bytes;
         for (path, mode) in self.new_dirs.iter().rev() {
             let fd = self
-                .open_in_root(path, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW)
+                .open_in_root(path, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW)
                 .map_err(io_err("opening", &shown(path)))?;
-            fchmod(&fd, Mode::from_bits_truncate(*mode)).map_err(io_err("changing mode of", &shown(path)))?;
+            fsat::fchmod(fd.as_fd(), mode & MODE_BITS).map_err(io_err("changing mode of", &shown(path)))?;
         }
         Ok(self.stats)
     }
 
     /// Copies one file, hashing the bytes as they are written; returns the byte count.
     fn copy_file(&self, job: &FileJob<'_>) -> Result<u64, CopyError> {
-        let how = OpenHow::new()
-            .flags(OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NOCTTY)
-            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
         let changed = || CopyError::SourceChanged {
             path: job.source.to_owned(),
         };
-        let source = match openat2(&self.source, job.source, how) {
+        // Below the source directory, through no symlink at all, the last component included.
+        let source = c_path(job.source).and_then(|source| {
+            fsat::open_beneath_no_symlinks(
+                self.source.as_fd(),
+                &source,
+                libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NOCTTY,
+            )
+        });
+        let source = match source {
             Ok(fd) => fd,
-            Err(Errno::ENOENT | Errno::ELOOP | Errno::ENOTDIR | Errno::EXDEV) => return Err(changed()),
+            Err(e) if matches!(errno(&e), libc::ENOENT | libc::ELOOP | libc::ENOTDIR | libc::EXDEV) => {
+                return Err(changed())
+            }
             Err(e) => return Err(io_err("opening source", job.source)(e)),
         };
-        let stat = fstat(&source).map_err(io_err("reading source", job.source))?;
-        if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+        let stat = fsat::fstat(source.as_fd()).map_err(io_err("reading source", job.source))?;
+        if !fsat::is_regular(&stat) {
             return Err(changed());
         }
         let path = shown(&child_path(&job.parent, &job.name));
         let parent = self
-            .open_in_root(&job.parent, OFlag::O_PATH | OFlag::O_DIRECTORY)
+            .open_in_root(&job.parent, libc::O_PATH | libc::O_DIRECTORY)
             .map_err(io_err("opening", &path))?;
-        remove_non_dir(&parent, &job.name, &path)?;
-        let target = openat(
-            &parent,
-            job.name.as_str(),
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(0o600),
-        )
-        .map_err(io_err("creating", &path))?;
-        let (mut source, mut target) = (File::from(source), File::from(target));
+        remove_non_dir(parent.as_fd(), &job.name, &path)?;
+        // O_CREAT | O_EXCL | O_NOFOLLOW, mode 0600 until the final chmod.
+        let target = c_path(&job.name)
+            .and_then(|name| fsat::create_file_at(parent.as_fd(), &name))
+            .map_err(io_err("creating", &path))?;
+        let (mut source, mut target) = (File::from(source), target);
         let read_error = |e| CopyError::Io {
             action: "reading source",
             path: job.source.to_owned(),
@@ -450,8 +459,8 @@ impl<'a> Copier<'a> {
             return Err(changed());
         }
         // chown before chmod: chown clears set-id bits.
-        fchown(target.as_fd(), Some(self.uid), Some(self.gid)).map_err(io_err("changing owner of", &path))?;
-        fchmod(target.as_fd(), Mode::from_bits_truncate(job.mode)).map_err(io_err("changing mode of", &path))?;
+        fsat::fchown(target.as_fd(), self.uid, self.gid).map_err(io_err("changing owner of", &path))?;
+        fsat::fchmod(target.as_fd(), job.mode & MODE_BITS).map_err(io_err("changing mode of", &path))?;
         Ok(total)
     }
 }
@@ -472,10 +481,11 @@ fn read_full(source: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 
 /// Unlinks whatever non-directory is at `name` (never following it); a directory there is an
 /// error, a missing entry is fine.
-fn remove_non_dir(parent: &OwnedFd, name: &str, path: &str) -> Result<(), CopyError> {
-    match unlinkat(parent, name, UnlinkatFlags::NoRemoveDir) {
-        Ok(()) | Err(Errno::ENOENT) => Ok(()),
-        Err(Errno::EISDIR) => Err(CopyError::IsADirectory { path: shown(path) }),
+fn remove_non_dir(parent: BorrowedFd<'_>, name: &str, path: &str) -> Result<(), CopyError> {
+    match c_path(name).and_then(|name| fsat::unlink_at(parent, &name)) {
+        Ok(()) => Ok(()),
+        Err(e) if errno(&e) == libc::ENOENT => Ok(()),
+        Err(e) if errno(&e) == libc::EISDIR => Err(CopyError::IsADirectory { path: shown(path) }),
         Err(e) => Err(io_err("removing", &shown(path))(e)),
     }
 }
