@@ -45,7 +45,8 @@ pub struct StoreArgs {
     /// Id scheme for a new store: v1 (default) or obuilder; must match an existing store's
     #[arg(long = "id-scheme", value_name = "SCHEME")]
     pub id_scheme: Option<IdScheme>,
-    /// Accepted for OBuilder compatibility with rsync: stores (strata always copies)
+    /// Accepted for OBuilder compatibility with rsync: stores (strata always copies):
+    /// copy, hardlink or hardlink_unsafe
     #[arg(long = "rsync-mode", value_enum, value_name = "MODE")]
     pub rsync_mode: Option<RsyncModeArg>,
 }
@@ -54,6 +55,8 @@ pub struct StoreArgs {
 pub enum RsyncModeArg {
     Copy,
     Hardlink,
+    /// OBuilder spells it `hardlink_unsafe`; both spellings are taken.
+    #[value(alias = "hardlink_unsafe")]
     HardlinkUnsafe,
 }
 
@@ -79,10 +82,12 @@ pub fn store_spec(global: &GlobalArgs, store: &StoreArgs) -> Result<StoreSpec, C
         None if on_btrfs(Path::new(DEFAULT_ROOT)) => format!("btrfs:{DEFAULT_ROOT}"),
         None => format!("overlayfs:{DEFAULT_ROOT}"),
     };
-    let spec: StoreSpec = text.parse().map_err(CliError::environment)?;
+    // A spec that does not parse is the user's to fix (exit 2); the error names it.
+    let spec: StoreSpec = text.parse().map_err(CliError::usage)?;
     let mode = match store.rsync_mode {
         None | Some(RsyncModeArg::Copy) => RsyncMode::Copy,
-        Some(_) => RsyncMode::Hardlink,
+        Some(RsyncModeArg::Hardlink) => RsyncMode::Hardlink,
+        Some(RsyncModeArg::HardlinkUnsafe) => RsyncMode::HardlinkUnsafe,
     };
     if store.rsync_mode.is_some() && !matches!(spec, StoreSpec::Rsync { .. }) {
         return Err(CliError::usage(anyhow::anyhow!(

@@ -7,13 +7,31 @@ use std::str::FromStr;
 
 use crate::StoreError;
 
-/// `--rsync-mode`, accepted for OBuilder compatibility. strata's copy store always copies
-/// (hard links between items would let one step's in-place edit change another's result).
+/// `--rsync-mode`, accepted for OBuilder compatibility (`copy`, `hardlink`,
+/// `hardlink_unsafe`). strata's copy store always copies (hard links between items would let
+/// one step's in-place edit change another's result).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RsyncMode {
     #[default]
     Copy,
     Hardlink,
+    HardlinkUnsafe,
+}
+
+impl FromStr for RsyncMode {
+    type Err = String;
+
+    /// OBuilder's spellings, and `hardlink-unsafe` as well.
+    fn from_str(text: &str) -> Result<RsyncMode, String> {
+        match text {
+            "copy" => Ok(RsyncMode::Copy),
+            "hardlink" => Ok(RsyncMode::Hardlink),
+            "hardlink_unsafe" | "hardlink-unsafe" => Ok(RsyncMode::HardlinkUnsafe),
+            other => Err(format!(
+                "unknown rsync mode {other:?}: expected copy, hardlink or hardlink_unsafe"
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,42 +114,61 @@ fn zfs_pool_name_ok(name: &str) -> bool {
 impl FromStr for StoreSpec {
     type Err = StoreError;
 
+    /// Every refusal names the spec and says what is expected.
     fn from_str(spec: &str) -> Result<StoreSpec, StoreError> {
-        let invalid = |reason: String| StoreError::InvalidSpec {
-            spec: spec.to_owned(),
-            reason,
-        };
-        let Some((kind, rest)) = spec.split_once(':') else {
-            return Err(invalid(EXPECTED.to_owned()));
-        };
-        match kind {
-            "btrfs" => Ok(StoreSpec::Btrfs(absolute(spec, rest)?)),
-            "rsync" => Ok(StoreSpec::Rsync {
-                path: absolute(spec, rest)?,
-                mode: RsyncMode::Copy,
-            }),
-            "xfs" => Ok(StoreSpec::Xfs(absolute(spec, rest)?)),
-            "overlayfs" => Ok(StoreSpec::Overlayfs(absolute(spec, rest)?)),
-            "zfs" => {
-                let (mount_prefix, pool) = if rest.starts_with('/') {
-                    let path = absolute(spec, rest)?;
-                    let pool = path
-                        .file_name()
-                        .and_then(|n| n.to_str())
-                        .ok_or_else(|| invalid("no pool name after the prefix".to_owned()))?
-                        .to_owned();
-                    let prefix = path.parent().unwrap_or(Path::new("/")).to_path_buf();
-                    (prefix, pool)
-                } else {
-                    (PathBuf::from("/"), rest.to_owned())
-                };
-                if !zfs_pool_name_ok(&pool) {
-                    return Err(invalid(format!("{pool:?} is not a valid ZFS pool or dataset name")));
-                }
-                Ok(StoreSpec::Zfs { pool, mount_prefix })
+        parse(spec).map_err(|e| match e {
+            StoreError::InvalidSpec { spec, reason } if !reason.contains(EXPECTED) => StoreError::InvalidSpec {
+                spec,
+                reason: format!("{reason}; {EXPECTED}"),
+            },
+            other => other,
+        })
+    }
+}
+
+fn parse(spec: &str) -> Result<StoreSpec, StoreError> {
+    let invalid = |reason: String| StoreError::InvalidSpec {
+        spec: spec.to_owned(),
+        reason,
+    };
+    let Some((kind, rest)) = spec.split_once(':') else {
+        return Err(invalid(EXPECTED.to_owned()));
+    };
+    match kind {
+        "btrfs" => Ok(StoreSpec::Btrfs(absolute(spec, rest)?)),
+        "rsync" => Ok(StoreSpec::Rsync {
+            path: absolute(spec, rest)?,
+            mode: RsyncMode::Copy,
+        }),
+        "xfs" => Ok(StoreSpec::Xfs(absolute(spec, rest)?)),
+        "overlayfs" => Ok(StoreSpec::Overlayfs(absolute(spec, rest)?)),
+        "zfs" => {
+            let (mount_prefix, pool) = if rest.starts_with('/') {
+                let path = absolute(spec, rest)?;
+                let pool = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .ok_or_else(|| invalid("no pool name after the prefix".to_owned()))?
+                    .to_owned();
+                let prefix = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+                (prefix, pool)
+            } else {
+                (PathBuf::from("/"), rest.to_owned())
+            };
+            if !zfs_pool_name_ok(&pool) {
+                return Err(invalid(format!("{pool:?} is not a valid ZFS pool or dataset name")));
             }
-            other => Err(invalid(format!("unknown store type {other:?}; {EXPECTED}"))),
+            Ok(StoreSpec::Zfs { pool, mount_prefix })
         }
+        "docker" => Err(invalid(format!(
+            "OBuilder's docker store (items kept as Docker images) is not supported: strata needs \
+                 no Docker; use a directory store instead, e.g. `overlayfs:/var/lib/strata` (any \
+                 filesystem) or `btrfs:/PATH`; {EXPECTED}"
+        ))),
+        "qemu" | "hcs" => Err(invalid(format!(
+            "OBuilder's {kind} store is not supported by strata (Linux containers only); {EXPECTED}"
+        ))),
+        other => Err(invalid(format!("unknown store type {other:?}; {EXPECTED}"))),
     }
 }
 
@@ -177,6 +214,26 @@ mod tests {
     }
 
     #[test]
+    fn docker_store_says_what_to_use_instead() {
+        let err = "docker:/var/lib/obuilder".parse::<StoreSpec>().unwrap_err().to_string();
+        assert!(err.contains("\"docker:/var/lib/obuilder\""), "{err}");
+        assert!(err.contains("Docker") && err.contains("overlayfs:/"), "{err}");
+    }
+
+    #[test]
+    fn rsync_modes_in_obuilder_spelling() {
+        for (text, mode) in [
+            ("copy", RsyncMode::Copy),
+            ("hardlink", RsyncMode::Hardlink),
+            ("hardlink_unsafe", RsyncMode::HardlinkUnsafe),
+            ("hardlink-unsafe", RsyncMode::HardlinkUnsafe),
+        ] {
+            assert_eq!(text.parse::<RsyncMode>().unwrap(), mode);
+        }
+        assert!("reflink".parse::<RsyncMode>().unwrap_err().contains("hardlink_unsafe"));
+    }
+
+    #[test]
     fn rejects_bad_specs_with_reason() {
         for bad in [
             "",
@@ -189,6 +246,8 @@ mod tests {
             "zfs:../x",
             "zfs:/",
             "xfs:/a\0b",
+            "docker:/var/lib/obuilder",
+            "qemu:/x",
         ] {
             let err = bad.parse::<StoreSpec>().unwrap_err();
             assert!(err.to_string().contains("invalid store spec"), "{bad}: {err}");
