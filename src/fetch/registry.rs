@@ -131,6 +131,8 @@ pub(crate) fn fetch(
         net_ref: &net_ref,
         image,
         cancel,
+        base_url: format!("{scheme}://{}/v2/", endpoint.host),
+        host: &endpoint.host,
     };
     let (manifest, resolved_digest) = runtime.block_on(pull.manifest(options, log))?;
     if !CONFIG_MEDIA_TYPES.contains(&manifest.config.media_type.as_str()) {
@@ -189,6 +191,60 @@ pub(crate) fn fetch(
     })
 }
 
+/// Why a registry could not be reached, from an error's source chain (oci-client wraps
+/// reqwest, which wraps hyper's connector, which wraps the `io::Error` or the TLS error):
+/// `None` when the request reached the registry (its answer is the error to report).
+fn unreachable_cause(error: &(dyn std::error::Error + 'static), url: &str, host: &str) -> Option<String> {
+    let mut kinds = Vec::new();
+    let mut messages = Vec::new();
+    let mut tls = false;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            kinds.push(io.kind());
+            tls |= io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>());
+        }
+        tls |= e.is::<rustls::Error>();
+        messages.push(e.to_string());
+        cause = e.source();
+    }
+    let innermost = messages.last().cloned().unwrap_or_default();
+    let said = |needle: &str| messages.iter().any(|m| m.contains(needle));
+    if kinds.contains(&io::ErrorKind::ConnectionRefused) || said("Connection refused") {
+        return Some(format!("connection refused to {url} (is the registry running?)"));
+    }
+    if said("failed to lookup address") || said("dns error") {
+        return Some(format!(
+            "cannot resolve {host} for {url}: the DNS lookup failed ({innermost})"
+        ));
+    }
+    let tls = tls
+        || [
+            "tls",
+            "TLS",
+            "certificate",
+            "handshake",
+            "InvalidContentType",
+            "corrupt message",
+        ]
+        .iter()
+        .any(|needle| said(needle));
+    if tls {
+        let name = host.split(':').next().unwrap_or(host);
+        return Some(format!(
+            "TLS handshake with {url} failed ({innermost}); if the registry speaks plain HTTP, \
+             give its mirror as http://{host} or pass --insecure-registry {name}"
+        ));
+    }
+    if kinds.contains(&io::ErrorKind::TimedOut) || said("timed out") {
+        return Some(format!("timed out connecting to {url} ({innermost})"));
+    }
+    if kinds.contains(&io::ErrorKind::ConnectionReset) {
+        return Some(format!("the connection to {url} was reset ({innermost})"));
+    }
+    None
+}
+
 /// Which failure explains a layer best: a cancellation, then the image's size cap, then a
 /// failed digest or size check (the unpacker's `Unavailable`), then the transfer, then the
 /// unpacker.
@@ -211,11 +267,20 @@ struct Pull<'a> {
     net_ref: &'a Reference,
     image: &'a str,
     cancel: &'a Cancel,
+    /// `scheme://host/v2/`: the registry API the pull talks to, for messages.
+    base_url: String,
+    /// `host[:port]` of that API.
+    host: &'a str,
 }
 
 impl Pull<'_> {
+    /// A failed request: when the registry could not be reached at all, the cause (refused,
+    /// DNS, TLS, timeout) and the URL, instead of the client's "error sending request".
     fn registry_error(&self, what: &str, e: oci_client::errors::OciDistributionError) -> FetchError {
-        unavailable(self.image, format!("{what}: {e}"))
+        match unreachable_cause(&e, &self.base_url, self.host) {
+            Some(reason) => unavailable(self.image, reason),
+            None => unavailable(self.image, format!("{what}: {e}")),
+        }
     }
 
     /// The image manifest for our platform, and the digest the reference resolved to
@@ -391,6 +456,58 @@ mod tests {
         let d = format!("sha256:{}", "0".repeat(64));
         let r = parse_registry_reference(&format!("quay.io/a/b@{d}")).unwrap();
         assert_eq!(network_reference(&r, &e).whole(), format!("127.0.0.1:5000/a/b@{d}"));
+    }
+
+    #[derive(Debug)]
+    struct Wrapper(&'static str, Box<dyn std::error::Error + Send + Sync>);
+    impl std::fmt::Display for Wrapper {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl std::error::Error for Wrapper {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&*self.1)
+        }
+    }
+
+    #[test]
+    fn unreachable_causes_are_named_with_the_url() {
+        let url = "http://127.0.0.1:5999/v2/";
+        let refused = Wrapper(
+            "error sending request",
+            Box::new(io::Error::from(io::ErrorKind::ConnectionRefused)),
+        );
+        assert_eq!(
+            unreachable_cause(&refused, url, "127.0.0.1:5999").unwrap(),
+            "connection refused to http://127.0.0.1:5999/v2/ (is the registry running?)"
+        );
+        let dns = Wrapper(
+            "dns error",
+            Box::new(io::Error::other(
+                "failed to lookup address information: Name or service not known",
+            )),
+        );
+        let text = unreachable_cause(&dns, "https://r.invalid/v2/", "r.invalid").unwrap();
+        assert!(
+            text.starts_with("cannot resolve r.invalid for https://r.invalid/v2/"),
+            "{text}"
+        );
+        let tls = Wrapper(
+            "error sending request",
+            Box::new(io::Error::new(
+                io::ErrorKind::InvalidData,
+                rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType),
+            )),
+        );
+        let text = unreachable_cause(&tls, "https://127.0.0.1:5000/v2/", "127.0.0.1:5000").unwrap();
+        assert!(
+            text.starts_with("TLS handshake with https://127.0.0.1:5000/v2/ failed"),
+            "{text}"
+        );
+        assert!(text.contains("http://127.0.0.1:5000") && text.contains("--insecure-registry 127.0.0.1"));
+        let answered = Wrapper("manifest unknown", Box::new(io::Error::other("404")));
+        assert_eq!(unreachable_cause(&answered, url, "h"), None);
     }
 
     #[test]
