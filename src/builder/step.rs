@@ -145,7 +145,21 @@ fn read_image_config(run: &dyn Steps, base: &StepId) -> Result<ImageConfig, Buil
         return Err(BuildError::Store(strata_stores::StoreError::NotFound(base.to_string())));
     };
     let path = item.join(IMAGE_CONFIG);
-    let bytes = std::fs::read(&path).map_err(|e| BuildError::io(format!("reading {}", path.display()), e))?;
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        // A base image OBuilder fetched (an adopted store): its `env` file says the same.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match crate::catalog::obuilder::image_config(&item) {
+            Ok(Some(config)) => return Ok(config),
+            Ok(None) => return Err(BuildError::io(format!("reading {}", path.display()), e)),
+            Err(reason) => {
+                return Err(BuildError::io(
+                    format!("reading the image config of {}", item.display()),
+                    std::io::Error::other(reason),
+                ))
+            }
+        },
+        Err(e) => return Err(BuildError::io(format!("reading {}", path.display()), e)),
+    };
     serde_json::from_slice(&bytes)
         .map_err(|e| BuildError::io(format!("parsing {}", path.display()), std::io::Error::other(e)))
 }

@@ -13,6 +13,7 @@
 pub mod export_view;
 pub mod item;
 pub mod lease;
+pub mod obuilder;
 pub mod prune;
 pub mod reconcile;
 mod selftest;
@@ -60,6 +61,50 @@ impl CatalogError {
             source,
         }
     }
+}
+
+/// Whether `store` holds the items an OBuilder database records (`ids`), in a form it can
+/// serve. Adoption is refused when none of them is there (the database of another store)
+/// or when any of them is in a layout this store type does not read (OBuilder's overlayfs
+/// items hold only their layer's changes): reconcile would otherwise remove them.
+fn obuilder_items_servable(store: &dyn Store, ids: &[String]) -> Result<(), String> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let root = store.root();
+    let results: std::collections::HashSet<String> = store
+        .list_results()
+        .map_err(|e| format!("cannot list the items of the store {}: {e}", root.display()))?
+        .into_iter()
+        .map(|id| id.to_string())
+        .collect();
+    let present = ids.iter().filter(|id| results.contains(id.as_str())).count();
+    if present == 0 {
+        return Err(format!(
+            "it records {} OBuilder items and none of them is in the store {} (result/<id>): \
+             pass the --store OBuilder was given with this database (same type and path)",
+            ids.len(),
+            root.display()
+        ));
+    }
+    let incomplete = store
+        .incomplete_items()
+        .map_err(|e| format!("cannot check the items of the store {}: {e}", root.display()))?;
+    let unservable: Vec<&(StepId, String)> = incomplete
+        .iter()
+        .filter(|(id, _)| ids.iter().any(|i| i == id.as_str()))
+        .collect();
+    if let Some((id, reason)) = unservable.first() {
+        return Err(format!(
+            "{} of its {} items are not in a layout this store type can serve (e.g. {id}: \
+             {reason}); OBuilder's overlayfs store keeps only each step's changes in \
+             result/<id>/rootfs, which strata's overlayfs store cannot read: give strata a new \
+             store path (it rebuilds what it needs), or pass the --store type OBuilder used",
+            unservable.len(),
+            ids.len()
+        ));
+    }
+    Ok(())
 }
 
 /// What [`Catalog::get_or_prepare`] found.
@@ -114,9 +159,21 @@ pub struct Catalog {
 impl Catalog {
     /// The catalog of an opened store: opens (creating or migrating) its database and
     /// records the id scheme on first use, or checks `scheme` against the recorded one.
+    /// The database of a store OBuilder made is adopted (backed up, migrated, scheme
+    /// `obuilder`) when the store holds the items it records (see [`Db::open_with`]).
     pub fn open(store: Arc<dyn Store>, scheme: Option<IdScheme>) -> Result<Catalog, CatalogError> {
         let state = store.state_dir();
-        let db = Db::open(&state)?;
+        let check_items = |ids: &[String]| obuilder_items_servable(&*store, ids);
+        let (db, adoption) = Db::open_with(&state, scheme, &check_items)?;
+        if let Some(adoption) = adoption {
+            tracing::warn!(
+                "adopted OBuilder's store database {} ({} items, id scheme obuilder); \
+                 OBuilder's original is kept as {}",
+                db.path().display(),
+                adoption.rows,
+                adoption.backup.display()
+            );
+        }
         let scheme = db.id_scheme(scheme)?;
         let leases = Leases::new(&state)?;
         Ok(Catalog {

@@ -14,6 +14,12 @@
 //! few and small (a row per committed step, a `used` bump per cached one), so WAL's
 //! concurrency is not needed; a store created with WAL is switched over when no other
 //! process has it open.
+//!
+//! An OBuilder store's database (OBuilder's one `builds` table: id, created, used, rc,
+//! parent; no `user_version`, no `meta`) is adopted on first open: backed up to
+//! `db.sqlite.obuilder-backup` (a private, consistent copy, made before anything changes),
+//! then migrated in place in one transaction (ids, parents and times kept; sizes 0, ops
+//! unknown; the id scheme recorded as `obuilder`). See [`Db::open_with`].
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -58,6 +64,16 @@ pub enum DbError {
     SchemeMismatch { found: String, requested: String },
     #[error("database {path}: unknown id scheme {value:?}")]
     BadScheme { path: PathBuf, value: String },
+    /// An OBuilder database opened with `--id-scheme v1`: its items have OBuilder ids.
+    #[error(
+        "database {path} is OBuilder's: its items have OBuilder ids, so strata can only adopt this \
+         store with --id-scheme obuilder (or with no --id-scheme, which records obuilder); \
+         nothing was changed"
+    )]
+    ObuilderNeedsScheme { path: PathBuf },
+    /// A database strata cannot adopt (unknown schema, items missing from the store).
+    #[error("database {path}: {reason}; nothing was changed")]
+    Unadoptable { path: PathBuf, reason: String },
 }
 
 impl DbError {
@@ -137,6 +153,46 @@ pub struct Db {
     path: PathBuf,
 }
 
+/// What opening did to an OBuilder store's database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adoption {
+    /// OBuilder's database as it was (a private copy).
+    pub backup: PathBuf,
+    /// Rows migrated.
+    pub rows: u64,
+}
+
+/// The columns of OBuilder's `builds` table (`lib/dao.ml`), in its order.
+const OBUILDER_COLUMNS: [&str; 5] = ["id", "created", "used", "rc", "parent"];
+
+/// The name of the backup of an adopted OBuilder database, beside it.
+pub const OBUILDER_BACKUP: &str = "db.sqlite.obuilder-backup";
+
+/// What a database that is not (yet) strata's holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Foreign {
+    /// OBuilder's schema, exactly.
+    Obuilder,
+    /// Something else: why it cannot be adopted and what to do.
+    Unknown(String),
+}
+
+/// OBuilder's `DATETIME` text (`YYYY-MM-DD HH:MM:SS`, UTC) in ms since the epoch, in SQL
+/// (a number is taken as seconds; what does not parse becomes `?1`, now).
+fn obuilder_time_ms(column: &str) -> String {
+    format!(
+        "COALESCE(CASE WHEN typeof({column}) IN ('integer', 'real') THEN CAST({column} * 1000 AS INTEGER)
+                  ELSE CAST(strftime('%s', {column}) AS INTEGER) * 1000 END, ?1)"
+    )
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Makes the next adoption on this thread fail after copying the rows, before commit
+    /// (a crash mid-migration, for tests).
+    static FAIL_MID_ADOPTION: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -146,8 +202,23 @@ pub fn now_ms() -> i64 {
 }
 
 impl Db {
-    /// Opens (creating and migrating) `<state_dir>/db/db.sqlite`.
+    /// Opens (creating and migrating) `<state_dir>/db/db.sqlite`; an OBuilder database is
+    /// adopted as [`Db::open_with`] does, with no scheme requested and no check of its items.
     pub fn open(state_dir: &Path) -> Result<Db, DbError> {
+        Self::open_with(state_dir, None, &|_: &[String]| Ok(())).map(|(db, _)| db)
+    }
+
+    /// Opens (creating and migrating) `<state_dir>/db/db.sqlite`. An OBuilder database is
+    /// adopted: refused with [`DbError::ObuilderNeedsScheme`] when `requested` is v1, and
+    /// with [`DbError::Unadoptable`] when `check_items` (given the ids of its rows) says the
+    /// store does not hold them; else backed up, then migrated in one transaction, with the
+    /// id scheme `obuilder` recorded. A crash at any point leaves OBuilder's database as it
+    /// was (and the backup). Returns what the adoption did, if there was one.
+    pub fn open_with(
+        state_dir: &Path,
+        requested: Option<IdScheme>,
+        check_items: &dyn Fn(&[String]) -> Result<(), String>,
+    ) -> Result<(Db, Option<Adoption>), DbError> {
         let dir = state_dir.join("db");
         let path = dir.join("db.sqlite");
         let sqlite = |source| DbError::Sqlite {
@@ -163,15 +234,237 @@ impl Db {
         }
         let conn = Connection::open(&path).map_err(sqlite)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite)?;
+        let mut db = Db { conn, path };
+        // Before anything else touches the file (even the journal mode): OBuilder's?
+        let adoption = db.adopt_foreign(requested, check_items)?;
         // Switching an old WAL database fails while another process has it open: then it
         // stays in WAL until a later open finds it alone.
-        if let Err(e) = conn.pragma_update(None, "journal_mode", "TRUNCATE") {
-            tracing::debug!("{}: journal mode left as it is: {e}", path.display());
+        if let Err(e) = db.conn.pragma_update(None, "journal_mode", "TRUNCATE") {
+            tracing::debug!("{}: journal mode left as it is: {e}", db.path.display());
         }
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(sqlite)?;
-        let mut db = Db { conn, path };
+        db.conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| db.err(e))?;
         db.migrate()?;
-        Ok(db)
+        Ok((db, adoption))
+    }
+
+    /// Whether the database is someone else's: `None` for strata's (or an empty one).
+    fn foreign(conn: &Connection) -> rusqlite::Result<Option<Foreign>> {
+        let mut stmt = conn.prepare(
+            "SELECT type, name, tbl_name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name",
+        )?;
+        let objects = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let tables: Vec<&str> = objects
+            .iter()
+            .filter(|(kind, _, _)| kind == "table")
+            .map(|(_, name, _)| name.as_str())
+            .collect();
+        if tables.is_empty() || tables.contains(&"meta") {
+            return Ok(None);
+        }
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let listed = tables.join(", ");
+        const WHAT_TO_DO: &str = "strata adopts only its own databases and OBuilder's (one `builds` table \
+             of id, created, used, rc, parent); point --store at another store, or move the file \
+             aside to start the store's database afresh";
+        if !tables.contains(&"builds") || version != 0 {
+            return Ok(Some(Foreign::Unknown(format!(
+                "neither strata's nor OBuilder's (tables {listed}, schema version {version}); {WHAT_TO_DO}"
+            ))));
+        }
+        let columns: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info('builds')")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let extra: Vec<&str> = columns
+            .iter()
+            .map(String::as_str)
+            .filter(|c| !OBUILDER_COLUMNS.contains(c))
+            .collect();
+        let missing: Vec<&str> = OBUILDER_COLUMNS
+            .iter()
+            .copied()
+            .filter(|c| !columns.iter().any(|have| have == c))
+            .collect();
+        let other_tables: Vec<&str> = tables.iter().copied().filter(|t| *t != "builds").collect();
+        if !missing.is_empty() {
+            return Ok(Some(Foreign::Unknown(format!(
+                "its `builds` table lacks OBuilder's columns {} (it has {}): not an OBuilder database \
+                 strata knows; {WHAT_TO_DO}",
+                missing.join(", "),
+                columns.join(", ")
+            ))));
+        }
+        if !extra.is_empty() || !other_tables.is_empty() {
+            let mut unknown: Vec<String> = extra.iter().map(|c| format!("column builds.{c}")).collect();
+            unknown.extend(other_tables.iter().map(|t| format!("table {t}")));
+            return Ok(Some(Foreign::Unknown(format!(
+                "an OBuilder database with {} strata does not know (a newer OBuilder?): strata \
+                 adopts OBuilder's schema of id, created, used, rc, parent only and will not \
+                 guess what the rest means; use a fresh store for strata (a new --store path), \
+                 or keep this one for OBuilder",
+                unknown.join(", ")
+            ))));
+        }
+        Ok(Some(Foreign::Obuilder))
+    }
+
+    /// Adopts an OBuilder database (see [`Db::open_with`]); `None` when the database is
+    /// strata's already.
+    fn adopt_foreign(
+        &mut self,
+        requested: Option<IdScheme>,
+        check_items: &dyn Fn(&[String]) -> Result<(), String>,
+    ) -> Result<Option<Adoption>, DbError> {
+        let unadoptable = |reason: String| DbError::Unadoptable {
+            path: self.path.clone(),
+            reason,
+        };
+        match Self::foreign(&self.conn).map_err(|e| self.err(e))? {
+            None => return Ok(None),
+            Some(Foreign::Unknown(reason)) => return Err(unadoptable(reason)),
+            Some(Foreign::Obuilder) => {}
+        }
+        if requested == Some(IdScheme::V1) {
+            return Err(DbError::ObuilderNeedsScheme {
+                path: self.path.clone(),
+            });
+        }
+        let ids: Vec<String> = self
+            .conn
+            .prepare("SELECT id FROM builds ORDER BY id")
+            .and_then(|mut stmt| stmt.query_map([], |r| r.get(0))?.collect())
+            .map_err(|e| self.err(e))?;
+        check_items(&ids).map_err(unadoptable)?;
+        let backup = self.backup()?;
+        // OBuilder declares `parent REFERENCES builds(id)`, and this SQLite enforces foreign
+        // keys: dropping its table would check every parent (and fail on rc drift). strata's
+        // schema has none; the setting is put back after (it is a no-op in a transaction).
+        let enforced: bool = self
+            .conn
+            .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        self.conn
+            .pragma_update(None, "foreign_keys", false)
+            .map_err(|e| self.err(e))?;
+        let migrated = self.migrate_obuilder(&backup);
+        if let Err(e) = self.conn.pragma_update(None, "foreign_keys", enforced) {
+            tracing::debug!("{}: foreign keys left off: {e}", self.path.display());
+        }
+        match migrated {
+            Ok(Some(rows)) => Ok(Some(Adoption { backup, rows })),
+            // Another process adopted it meanwhile: this copy is not needed.
+            Ok(None) => {
+                let _ = std::fs::remove_file(&backup);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A consistent, private copy of the database (WAL content included) in a new file
+    /// beside it: `db.sqlite.obuilder-backup`, or `.1`, `.2`... when that exists (an earlier
+    /// backup is never overwritten). Synced before it is returned.
+    fn backup(&self) -> Result<PathBuf, DbError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let io_err = |path: &Path, what: &str, e: std::io::Error| DbError::Unadoptable {
+            path: self.path.clone(),
+            reason: format!("cannot back it up to {}: {what}: {e}", path.display()),
+        };
+        let mut n = 0u32;
+        let (backup, file) = loop {
+            let name = if n == 0 {
+                OBUILDER_BACKUP.to_owned()
+            } else {
+                format!("{OBUILDER_BACKUP}.{n}")
+            };
+            let candidate = dir.join(name);
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(strata_stores::layout::PRIVATE_FILE_MODE)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&candidate)
+            {
+                Ok(file) => break (candidate, file),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 1000 => n += 1,
+                Err(e) => return Err(io_err(&candidate, "creating it", e)),
+            }
+        };
+        // VACUUM INTO writes into an existing file only when it is empty, as this one is.
+        let target = backup.to_str().ok_or_else(|| DbError::Unadoptable {
+            path: self.path.clone(),
+            reason: format!("the backup path {} is not UTF-8", backup.display()),
+        })?;
+        if let Err(e) = self.conn.execute("VACUUM INTO ?1", [target]) {
+            let _ = std::fs::remove_file(&backup);
+            return Err(DbError::Unadoptable {
+                path: self.path.clone(),
+                reason: format!("cannot back it up to {}: {e}", backup.display()),
+            });
+        }
+        // SQLite does not sync what VACUUM INTO wrote.
+        file.sync_all().map_err(|e| io_err(&backup, "syncing it", e))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_err(dir, "syncing its directory", e))?;
+        Ok(backup)
+    }
+
+    /// Migrates OBuilder's `builds` into strata's schema (version 1) in one transaction,
+    /// recording the scheme and the backup. `None` when the database turned out to be
+    /// strata's already (another process adopted it first).
+    fn migrate_obuilder(&mut self, backup: &Path) -> Result<Option<u64>, DbError> {
+        let path = self.path.clone();
+        let err = |source| DbError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err)?;
+        if Self::foreign(&tx).map_err(err)? != Some(Foreign::Obuilder) {
+            return Ok(None);
+        }
+        tx.execute_batch("ALTER TABLE builds RENAME TO obuilder_builds; DROP INDEX IF EXISTS lru;")
+            .map_err(err)?;
+        tx.execute_batch(MIGRATIONS[0]).map_err(err)?;
+        let rows = tx
+            .execute(
+                &format!(
+                    "INSERT INTO builds (id, parent, created, used, size, duration_ms, op, base_digest)
+                     SELECT id, parent, {}, {}, 0, 0, '', NULL FROM obuilder_builds WHERE id IS NOT NULL",
+                    obuilder_time_ms("created"),
+                    obuilder_time_ms("used")
+                ),
+                [now_ms()],
+            )
+            .map_err(err)?;
+        #[cfg(test)]
+        if FAIL_MID_ADOPTION.with(|f| f.replace(false)) {
+            return Err(err(rusqlite::Error::InvalidQuery));
+        }
+        tx.execute_batch("DROP TABLE obuilder_builds").map_err(err)?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('id_scheme', ?1), ('adopted_from', 'obuilder'),
+               ('adopted_at', ?2), ('obuilder_backup', ?3)",
+            params![
+                IdScheme::Obuilder.to_string(),
+                now_ms().to_string(),
+                backup.display().to_string()
+            ],
+        )
+        .map_err(err)?;
+        tx.pragma_update(None, "user_version", 1).map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(Some(rows as u64))
     }
 
     pub fn path(&self) -> &Path {
@@ -638,6 +931,173 @@ mod tests {
         drop(db);
         let db = Db::open(dir.path()).unwrap();
         assert_eq!(db.id_scheme(None).unwrap(), IdScheme::Obuilder);
+    }
+
+    /// A database as OBuilder's `lib/dao.ml` makes it (WAL, its one table and index), with
+    /// a base, a child and a grandchild.
+    fn obuilder_db(state: &Path) -> PathBuf {
+        let dir = state.join("db");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("db.sqlite");
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.execute_batch(&format!(
+            "CREATE TABLE builds (
+               id       TEXT PRIMARY KEY,
+               created  DATETIME NOT NULL,
+               used     DATETIME NOT NULL,
+               rc       INTEGER NOT NULL,
+               parent   TEXT,
+               FOREIGN KEY (parent) REFERENCES builds (id) ON DELETE RESTRICT
+             );
+             CREATE INDEX IF NOT EXISTS lru ON builds (rc, used);
+             INSERT INTO builds VALUES ('{a}', '2024-03-01 10:00:00', '2024-03-02 11:30:15', 1, NULL);
+             INSERT INTO builds VALUES ('{b}', '2024-03-01 10:00:05', '2024-03-01 10:00:05', 1, '{a}');
+             INSERT INTO builds VALUES ('{c}', '2024-03-01 10:00:09', '2024-03-03 00:00:00', 0, '{b}');",
+            a = id(1),
+            b = id(2),
+            c = id(3)
+        ))
+        .unwrap();
+        path
+    }
+
+    fn no_check(_: &[String]) -> Result<(), String> {
+        Ok(())
+    }
+
+    #[test]
+    fn obuilder_database_is_adopted_with_its_rows() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        obuilder_db(dir.path());
+        let (db, adoption) = Db::open_with(dir.path(), None, &no_check).unwrap();
+        let adoption = adoption.expect("adopted");
+        assert_eq!(adoption.rows, 3);
+        assert_eq!(adoption.backup, dir.path().join("db").join(OBUILDER_BACKUP));
+        let mode = std::fs::metadata(&adoption.backup).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the backup is private");
+        // The backup is OBuilder's database as it was, WAL content included.
+        let old = Connection::open(&adoption.backup).unwrap();
+        let n: i64 = old.query_row("SELECT COUNT(*) FROM builds", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 3);
+        let rc: i64 = old
+            .query_row("SELECT rc FROM builds WHERE id = ?1", [id(1).as_str()], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rc, 1);
+        // Ids, parents and times kept; the scheme is OBuilder's.
+        let rows = db.list().unwrap();
+        assert_eq!(rows.len(), 3);
+        let base = db.get(&id(1)).unwrap().unwrap();
+        assert_eq!((base.parent.clone(), base.children), (None, 1));
+        assert_eq!(base.created, 1_709_287_200_000, "2024-03-01 10:00:00 UTC");
+        assert_eq!(base.used, 1_709_379_015_000, "2024-03-02 11:30:15 UTC");
+        assert_eq!((base.size, base.op.as_str()), (0, ""));
+        assert_eq!(db.get(&id(3)).unwrap().unwrap().parent, Some(id(2)));
+        assert_eq!(db.id_scheme(None).unwrap(), IdScheme::Obuilder);
+        assert!(db.quick_check().unwrap().is_empty());
+        // It works as any strata database.
+        add(&db, 4, Some(3));
+        assert_eq!(db.lru_leaves(now_ms() + 60_000, 10).unwrap()[0].id, id(4));
+        drop(db);
+        // A second open is a no-op: no new backup, same rows.
+        let (db, again) = Db::open_with(dir.path(), Some(IdScheme::Obuilder), &no_check).unwrap();
+        assert_eq!(again, None);
+        assert_eq!(db.count().unwrap(), 4);
+        assert!(!dir.path().join("db").join(format!("{OBUILDER_BACKUP}.1")).exists());
+    }
+
+    #[test]
+    fn obuilder_database_under_v1_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = obuilder_db(dir.path());
+        let err = Db::open_with(dir.path(), Some(IdScheme::V1), &no_check).err().unwrap();
+        assert!(matches!(err, DbError::ObuilderNeedsScheme { .. }), "{err}");
+        assert!(err.to_string().contains("--id-scheme obuilder"), "{err}");
+        assert!(!dir.path().join("db").join(OBUILDER_BACKUP).exists());
+        let conn = Connection::open(&path).unwrap();
+        let rc: i64 = conn.query_row("SELECT SUM(rc) FROM builds", [], |r| r.get(0)).unwrap();
+        assert_eq!(rc, 2, "still OBuilder's table");
+    }
+
+    #[test]
+    fn obuilder_database_refused_when_the_store_lacks_its_items() {
+        let dir = tempfile::tempdir().unwrap();
+        obuilder_db(dir.path());
+        let check = |ids: &[String]| -> Result<(), String> {
+            assert_eq!(ids.len(), 3);
+            Err("none of them is in the store".to_owned())
+        };
+        let err = Db::open_with(dir.path(), None, &check).err().unwrap();
+        assert!(matches!(err, DbError::Unadoptable { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .ends_with("none of them is in the store; nothing was changed"),
+            "{err}"
+        );
+        assert!(!dir.path().join("db").join(OBUILDER_BACKUP).exists());
+    }
+
+    #[test]
+    fn unknown_schemas_are_refused_with_what_to_do() {
+        for (schema, says) in [
+            (
+                "CREATE TABLE builds (id TEXT PRIMARY KEY, created DATETIME, used DATETIME, rc INTEGER, \
+                 parent TEXT, platform TEXT)",
+                "column builds.platform",
+            ),
+            (
+                "CREATE TABLE builds (id TEXT PRIMARY KEY, created DATETIME, used DATETIME, rc INTEGER, \
+                 parent TEXT); CREATE TABLE tags (name TEXT)",
+                "table tags",
+            ),
+            (
+                "CREATE TABLE builds (id TEXT PRIMARY KEY, when_made TEXT)",
+                "lacks OBuilder's columns",
+            ),
+            ("CREATE TABLE things (x)", "neither strata's nor OBuilder's"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir(dir.path().join("db")).unwrap();
+            Connection::open(dir.path().join("db/db.sqlite"))
+                .unwrap()
+                .execute_batch(schema)
+                .unwrap();
+            let err = Db::open(dir.path()).err().expect(schema);
+            let text = err.to_string();
+            assert!(matches!(err, DbError::Unadoptable { .. }), "{text}");
+            assert!(text.contains(says) && text.contains("nothing was changed"), "{text}");
+            assert!(!dir.path().join("db").join(OBUILDER_BACKUP).exists(), "{schema}");
+        }
+    }
+
+    #[test]
+    fn adoption_cut_short_leaves_obuilder_database_usable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = obuilder_db(dir.path());
+        FAIL_MID_ADOPTION.with(|f| f.set(true));
+        assert!(Db::open_with(dir.path(), None, &no_check).is_err());
+        // The backup was made first; the database is OBuilder's, whole.
+        assert!(dir.path().join("db").join(OBUILDER_BACKUP).exists());
+        let conn = Connection::open(&path).unwrap();
+        let cols: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info('builds')")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(cols, OBUILDER_COLUMNS);
+        let n: i64 = conn.query_row("SELECT COUNT(*) FROM builds", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 3);
+        drop(conn);
+        // The next open adopts it, beside the first backup.
+        let (db, adoption) = Db::open_with(dir.path(), None, &no_check).unwrap();
+        assert_eq!(
+            adoption.unwrap().backup,
+            dir.path().join("db").join(format!("{OBUILDER_BACKUP}.1"))
+        );
+        assert_eq!(db.count().unwrap(), 3);
     }
 
     #[test]
