@@ -19,8 +19,8 @@ use crate::layout::{exists, Layout};
 use crate::owner::FileLock;
 use crate::store_dirs::StoreDirs;
 use crate::{
-    CacheLease, Committed, DiskUsage, Leftovers, PendingItem, Prepared, Recovered, RootfsView, StepId, Store,
-    StoreError, StoreSpec,
+    CacheLease, Committed, DiskUsage, Leftovers, PendingItem, Prepared, RootfsView, StepId, Store, StoreError,
+    StoreSpec,
 };
 
 /// Free and total space of the filesystem holding `path` (kept here for callers of its
@@ -103,11 +103,6 @@ impl<T: TreeOps> DirStore<T> {
     ) -> Result<DirStore<T>, StoreError> {
         let dirs = StoreDirs::open(spec, leftovers, check_root, |p| ops.remove(p))?;
         Ok(DirStore { dirs, ops })
-    }
-
-    /// The leftovers removed when this store was opened.
-    pub fn recovered(&self) -> &Recovered {
-        self.dirs.recovered()
     }
 
     pub fn layout(&self) -> &Layout {

@@ -127,12 +127,6 @@ pub enum Leftovers {
     Keep,
 }
 
-/// What a store reports about leftovers it removed when opened.
-#[derive(Debug, Default, Clone)]
-pub struct Recovered {
-    pub removed: Vec<String>,
-}
-
 pub trait Store: Send + Sync {
     /// The spec this store was opened from (`btrfs:/var/lib/strata`).
     fn spec(&self) -> &StoreSpec;

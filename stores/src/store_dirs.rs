@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use crate::cache_generation::CacheGenerations;
 use crate::layout::Layout;
 use crate::owner::{FileLock, LockMode, ProcessOwner};
-use crate::{DiskUsage, Leftovers, Recovered, StepId, StoreError, StoreSpec};
+use crate::{DiskUsage, Leftovers, StepId, StoreError, StoreSpec};
 
 /// An open store's directories and this process's registration in it.
 pub struct StoreDirs {
@@ -21,7 +21,6 @@ pub struct StoreDirs {
     layout: Layout,
     owner: ProcessOwner,
     generations: CacheGenerations,
-    recovered: Recovered,
 }
 
 /// Wraps a failure to set the store up as "this path is unsuitable" (exit code 3 in the CLI).
@@ -77,7 +76,6 @@ impl StoreDirs {
             layout,
             owner,
             generations,
-            recovered: Recovered { removed },
         })
     }
 
@@ -88,11 +86,6 @@ impl StoreDirs {
 
     pub fn layout(&self) -> &Layout {
         &self.layout
-    }
-
-    /// The leftovers removed when the store was opened.
-    pub fn recovered(&self) -> &Recovered {
-        &self.recovered
     }
 
     /// The generations and locks of the store's caches.

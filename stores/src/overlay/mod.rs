@@ -52,8 +52,8 @@ use crate::owner::FileLock;
 use crate::store_dirs::{unsuitable, StoreDirs};
 use crate::tree_copy::{copy_tree, remove_tree, DataCopy};
 use crate::{
-    CacheLease, Committed, DiskUsage, Leftovers, PendingItem, Prepared, Recovered, RootfsView, StepId, Store,
-    StoreError, StoreSpec,
+    CacheLease, Committed, DiskUsage, Leftovers, PendingItem, Prepared, RootfsView, StepId, Store, StoreError,
+    StoreSpec,
 };
 
 use mount::OverlayLayers;
@@ -112,11 +112,6 @@ impl OverlayStore {
         if let Err(e) = view::remove_unused_views(self) {
             tracing::warn!("cannot remove leftover views in {}: {e}", self.root().display());
         }
-    }
-
-    /// The leftovers removed when this store was opened.
-    pub fn recovered(&self) -> &Recovered {
-        self.dirs.recovered()
     }
 
     fn layout(&self) -> &Layout {

@@ -32,8 +32,8 @@ use crate::cache_generation::CacheGenerations;
 use crate::error::IoContext;
 use crate::owner::{is_orphan, FileLock, LockMode, ProcessOwner};
 use crate::{
-    CacheLease, Committed, DiskUsage, Leftovers, PendingItem, Prepared, Recovered, RootfsView, StepId, Store,
-    StoreError, StoreSpec,
+    CacheLease, Committed, DiskUsage, Leftovers, PendingItem, Prepared, RootfsView, StepId, Store, StoreError,
+    StoreSpec,
 };
 
 /// Longest dataset name ZFS accepts (MAXNAMELEN - 1).
@@ -47,7 +47,6 @@ pub struct ZfsStore {
     state: PathBuf,
     owner: ProcessOwner,
     caches: CacheGenerations,
-    recovered: Recovered,
 }
 
 pub fn open(spec: &StoreSpec, leftovers: Leftovers) -> Result<Box<dyn Store>, StoreError> {
@@ -168,26 +167,21 @@ impl ZfsStore {
                 other => break other?,
             }
         };
-        let mut store = ZfsStore {
+        let store = ZfsStore {
             spec: spec.clone(),
             pool: pool.clone(),
             root,
             state,
             owner,
             caches,
-            recovered: Recovered::default(),
         };
         if leftovers == Leftovers::Remove {
-            store.recovered = Recovered {
-                removed: store.remove_stale_temporaries()?,
-            };
+            let removed = store.remove_stale_temporaries()?;
+            if !removed.is_empty() {
+                tracing::info!("removed {} leftover temporaries of {}", removed.len(), store.spec);
+            }
         }
         Ok(store)
-    }
-
-    /// What [`ZfsStore::open`] removed.
-    pub fn recovered(&self) -> &Recovered {
-        &self.recovered
     }
 
     fn owners_dir(&self) -> PathBuf {
