@@ -8,7 +8,7 @@
 //! - `<escaped>.gen`: the generation, a decimal number, replaced atomically (write + rename)
 //!   while the lock is held; a missing file means generation 0;
 //! - `<escaped>.inuse`: every outstanding lease holds a shared flock on it, so a backend that
-//!   cannot delete a cache under a live copy (ZFS, overlayfs) can answer `Busy`, across
+//!   cannot delete a cache under a live copy (ZFS: its cache clones hang off the cache's snapshot) can answer `Busy`, across
 //!   processes, by trying an exclusive one.
 //!
 //! Invariant: a lease records the generation it was taken at; on release it may publish its
