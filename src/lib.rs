@@ -8,6 +8,7 @@
 pub mod builder;
 pub mod catalog;
 pub mod db;
+pub mod export;
 pub mod fetch;
 pub mod key;
 pub mod spec;

@@ -9,6 +9,7 @@ pub mod completions;
 pub mod delete;
 pub mod dockerfile;
 pub mod exit;
+pub mod export;
 pub mod fmt;
 pub mod healthcheck;
 pub mod inspect;
@@ -97,6 +98,8 @@ pub enum Command {
     Fmt(fmt::FmtArgs),
     /// Convert a spec to a Dockerfile
     Dockerfile(dockerfile::DockerfileArgs),
+    /// Export an item as an OCI layout, a docker-archive, a registry push or a rootfs tar
+    Export(export::ExportArgs),
     /// Print shell completions
     Completions(completions::CompletionsArgs),
     /// Print the man page (roff)
@@ -145,6 +148,7 @@ pub fn main() -> ExitCode {
         Command::Check(args) => check::run(&args),
         Command::Fmt(args) => fmt::run(&args),
         Command::Dockerfile(args) => dockerfile::run(&args),
+        Command::Export(args) => export::run(&cli.global, args),
         Command::Completions(args) => completions::run(&args),
         Command::Man(args) => man::run(&args),
         Command::Worker(args) => worker::run(&cli.global, args),
