@@ -58,7 +58,7 @@ struct NamedConnection {
 
 /// Words the service id takes as Text (bytes and the NUL, rounded up).
 fn text_words(len: usize) -> u32 {
-    u32::try_from(len.div_ceil(8) + usize::from(len % 8 == 0)).unwrap_or(u32::MAX)
+    u32::try_from(len.div_ceil(8) + usize::from(len.is_multiple_of(8))).unwrap_or(u32::MAX)
 }
 
 impl Connection<Side> for NamedConnection {

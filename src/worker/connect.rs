@@ -19,7 +19,7 @@ pub enum ConnectError {
     #[error("connecting to {0}: {1}")]
     Io(String, std::io::Error),
     #[error("TLS handshake with {0}: {1}")]
-    Handshake(String, std::io::Error),
+    Handshake(String, String),
     #[error(transparent)]
     Setup(#[from] TlsSetupError),
     #[error("TLS needs a TCP address, not {0}")]
@@ -47,14 +47,26 @@ pub async fn connect(uri: &CapUri) -> Result<Box<dyn Stream>, ConnectError> {
                     // Not checked (the pin is the key), and never sent (SNI is off).
                     let name = rustls::pki_types::ServerName::try_from(host.clone())
                         .or_else(|_| rustls::pki_types::ServerName::try_from("capnp".to_owned()))
-                        .map_err(|e| ConnectError::Handshake(addr.clone(), std::io::Error::other(e)))?;
+                        .map_err(|e| ConnectError::Handshake(addr.clone(), e.to_string()))?;
                     let stream = connector
                         .connect(name, tcp)
                         .await
-                        .map_err(|e| ConnectError::Handshake(addr.clone(), e))?;
+                        .map_err(|e| ConnectError::Handshake(addr.clone(), describe(&e)))?;
                     Ok(Box::new(stream))
                 }
             }
         }
     }
+}
+
+/// A handshake error, with the fingerprint mismatch in words rather than rustls's Debug form.
+fn describe(e: &std::io::Error) -> String {
+    let pinned = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .and_then(|tls| match tls {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => Some(other.to_string()),
+            _ => None,
+        });
+    pinned.unwrap_or_else(|| e.to_string())
 }

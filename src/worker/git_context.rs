@@ -259,7 +259,7 @@ mod tests {
         assert!(check_inputs("https://github.com/a/b.git", std::slice::from_ref(&c)).is_ok());
         assert!(check_inputs("git://127.0.0.1/r", std::slice::from_ref(&c)).is_ok());
         assert!(matches!(
-            check_inputs("file:///etc", &[c.clone()]),
+            check_inputs("file:///etc", std::slice::from_ref(&c)),
             Err(ContextError::Scheme(_))
         ));
         assert!(matches!(check_inputs("/etc", &[c]), Err(ContextError::Scheme(_))));

@@ -9,8 +9,10 @@ use sha2::{Digest, Sha256};
 #[error("malformed certificate: {0}")]
 pub struct DerError(&'static str);
 
-/// One TLV: (tag, whole encoding, contents).
-fn tlv(input: &[u8]) -> Result<(u8, &[u8], &[u8], &[u8]), DerError> {
+/// One TLV: (tag, whole encoding, contents, what follows).
+type Tlv<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
+
+fn tlv(input: &[u8]) -> Result<Tlv<'_>, DerError> {
     let [tag, first, rest @ ..] = input else {
         return Err(DerError("truncated"));
     };

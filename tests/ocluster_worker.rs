@@ -1,0 +1,178 @@
+//! `strata worker` against real, independent peers: a scheduler stand-in written in C++ on
+//! Debian's libcapnp (EzRpcServer exporting the registration service under a name, as
+//! OCaml's capnp-rpc does), compiled here with g++; stunnel in front of it with an
+//! OpenSSL-made certificate shaped like OCluster's; OpenSSL computes the pinned fingerprint.
+//! Needs root (btrfs loop stores, runc), capnproto, libcapnp-dev and stunnel4 (scripts/setup).
+
+mod common;
+#[path = "ocluster/mod.rs"]
+mod ocluster;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Backend, Env};
+use ocluster::{build_scheduler, wait_for, Proc, Scheduler, Tls};
+
+fn spawn_worker(env: &Env, cap: &Path, name: &str, capacity: u32, dir: &Path) -> Proc {
+    let state = dir.join(format!("state-{name}"));
+    let mut cmd = env.command(&[
+        "worker",
+        "--connect",
+        cap.to_str().unwrap(),
+        "--name",
+        name,
+        "--capacity",
+        &capacity.to_string(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--reconnect-interval",
+        "1s",
+        "-v",
+    ]);
+    Proc::spawn(name, &mut cmd, &dir.join(format!("worker-{name}.log")))
+}
+
+/// Processes whose command line contains `needle`.
+fn processes_with(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.contains(needle) && !text.contains("cargo") {
+                found.push(format!("{}: {text}", entry.file_name().to_string_lossy()));
+            }
+        }
+    }
+    found
+}
+
+fn is_snapshot_id(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+#[test]
+fn tls_register_pop_log_result_failure_cancel_metrics_and_wrong_fingerprint() {
+    let env = Env::new(Backend::Btrfs);
+    let dir = env.work.path();
+    let exe = build_scheduler(dir);
+    let mut sched = Scheduler::start(&exe, &dir.join("sched"), 0);
+    sched.add_job(
+        "ok",
+        "secret tok s3cr3t-value\n",
+        "((from busybox)\n (run (secrets (tok (target /run/secrets/tok))) (shell \"echo hello-from-job; cat /run/secrets/tok; echo\")))\n",
+    );
+    sched.add_job(
+        "fail",
+        "",
+        "((from busybox) (run (shell \"echo about-to-fail; exit 3\")))\n",
+    );
+    sched.add_job(
+        "cancel",
+        "cancel-on cancel-me-now\n",
+        "((from busybox) (run (shell \"echo cancel-me-now; exec sleep 4321\")))\n",
+    );
+    sched.add_job("docker", "kind docker\n", "FROM busybox\n");
+    sched.add_job("custom", "kind my-kind\n", "");
+    // The stand-in read its queue at start: restart it so it sees the jobs.
+    sched.restart();
+    let tls = Tls::start(dir, sched.port);
+
+    // A wrong fingerprint: the handshake fails, nothing registers.
+    let wrong = tls.cap_file(dir, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+    let mut impostor = spawn_worker(&env, &wrong, "impostor", 2, dir);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!sched.events().contains("register impostor"), "{}", sched.events());
+    impostor.terminate(Duration::from_secs(10));
+    let log = std::fs::read_to_string(dir.join("worker-impostor.log")).unwrap();
+    assert!(log.contains("not the one in the .cap file"), "{log}");
+
+    // The right one: register, pop, run.
+    let cap = tls.cap_file(dir, &tls.fingerprint);
+    let mut worker = spawn_worker(&env, &cap, "w1", 2, dir);
+    let done = wait_for(Duration::from_secs(300), || {
+        ["ok", "fail", "cancel", "docker", "custom"]
+            .iter()
+            .all(|j| sched.result(j).is_some())
+            .then_some(())
+    });
+    let events = sched.events();
+    assert!(
+        done.is_some(),
+        "events:\n{events}\nworker log:\n{}",
+        std::fs::read_to_string(dir.join("worker-w1.log")).unwrap_or_default()
+    );
+    assert!(events.contains("register w1 2\n"), "{events}");
+    assert!(!events.contains("badchunk"), "{events}");
+
+    let ok = sched.result("ok").unwrap();
+    let id = ok.trim().strip_prefix("ok ").unwrap_or_else(|| panic!("{ok}"));
+    assert!(is_snapshot_id(id), "{ok}");
+    let log = sched.log("ok");
+    assert!(log.starts_with("Building on w1\n"), "{log}");
+    assert!(log.contains("\x1b[01;34m/: (run"), "{log:?}");
+    assert!(log.contains("hello-from-job\ns3cr3t-value\n"), "{log:?}");
+    assert!(log.ends_with("Job succeeded\n"), "{log:?}");
+
+    let fail = sched.result("fail").unwrap();
+    assert!(
+        fail.starts_with("error ") && fail.trim_end().ends_with("Build failed"),
+        "{fail}"
+    );
+    let log = sched.log("fail");
+    assert!(log.contains("about-to-fail\n"), "{log}");
+    assert!(!log.ends_with("Job succeeded\n"), "{log}");
+
+    let cancel = sched.result("cancel").unwrap();
+    assert!(cancel.trim_end().ends_with("Build cancelled"), "{cancel}");
+    assert!(
+        sched.log("cancel").ends_with("Job cancelled\n"),
+        "{}",
+        sched.log("cancel")
+    );
+    assert!(events.contains("cancel cancel\n"), "{events}");
+    let left = processes_with("sleep 4321");
+    assert!(left.is_empty(), "the cancelled step still runs: {left:?}");
+
+    for job in ["docker", "custom"] {
+        let r = sched.result(job).unwrap();
+        assert!(r.trim_end().ends_with("Build failed"), "{r}");
+        assert!(sched.log(job).contains("only runs OBuilder jobs"), "{}", sched.log(job));
+    }
+
+    // Metrics: exact content type, and the text parses as Prometheus text.
+    let metrics = std::fs::read_to_string(sched.out.join("metrics-w1.txt")).unwrap();
+    let (content_type, text) = metrics.split_once('\n').unwrap();
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let value = |name: &str, label: Option<(&str, &str)>| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+            .map(|s| s.value.clone())
+    };
+    assert!(matches!(
+        value("ocluster_worker_running_jobs", None),
+        Some(prometheus_parse::Value::Gauge(_))
+    ));
+    assert!(matches!(
+        value("strata_worker_steps_total", Some(("result", "run"))),
+        Some(prometheus_parse::Value::Counter(n)) if n >= 2.0
+    ));
+    assert!(matches!(
+        value("strata_worker_step_duration_seconds", None),
+        Some(prometheus_parse::Value::Histogram(_))
+    ));
+    assert!(matches!(value("strata_store_free_bytes", None), Some(prometheus_parse::Value::Gauge(n)) if n > 0.0));
+    let host = std::fs::read_to_string(sched.out.join("metrics-host-w1.txt")).unwrap();
+    assert!(host.contains("no node exporter configured"), "{host}");
+    let extra = std::fs::read_to_string(sched.out.join("additional-w1.txt")).unwrap();
+    assert_eq!(extra, "notReported\n");
+
+    // SIGTERM: a clean exit.
+    let status = worker
+        .terminate(Duration::from_secs(30))
+        .expect("the worker exits on SIGTERM");
+    assert!(status.success(), "{status:?}");
+}
