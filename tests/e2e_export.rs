@@ -376,3 +376,56 @@ fn errors_and_exit_codes() {
         assert_eq!(entry.unwrap().header().mtime().unwrap(), 1_700_000_000);
     }
 }
+
+/// The rootfs is untrusted: symlinks in it (to a host file, to `/`, a parent swapped for a
+/// link) are exported as symlinks, and nothing of the host they point at is read.
+#[test]
+fn symlinks_in_the_rootfs_are_never_followed() {
+    let env = Env::new(Backend::Rsync);
+    let host_dir = env.work.path().join("host-secrets");
+    std::fs::create_dir_all(&host_dir).unwrap();
+    let marker = "STRATA-EXPORT-MARKER-6f1d2";
+    std::fs::write(host_dir.join("secret"), marker).unwrap();
+    let secret = host_dir.join("secret");
+    let spec = env.spec(
+        "links.spec",
+        &format!(
+            "((from busybox) (run (shell \"ln -s {} /leak && ln -s / /hostroot && ln -s {} /dir\")))",
+            secret.display(),
+            host_dir.display()
+        ),
+    );
+    let (id, _) = env.build_ok(&spec, &env.context("ctx"), &[]);
+    let out = env.strata(&["export", &id, "-"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let archive = env.work.path().join("links.tar");
+    export(&env, &id, &format!("docker-archive:{}", archive.display()), &[]);
+    let layout = env.work.path().join("links-layout");
+    export(&env, &id, &format!("oci:{}:t", layout.display()), &[]);
+    let mut outputs = vec![out.stdout.clone(), std::fs::read(&archive).unwrap()];
+    for blob in layer_blobs(&layout, "t") {
+        let mut data = Vec::new();
+        flate2::read::GzDecoder::new(blob.as_slice())
+            .read_to_end(&mut data)
+            .unwrap();
+        outputs.push(data);
+    }
+    for bytes in &outputs {
+        assert!(
+            !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
+            "a host file was read through a symlink"
+        );
+    }
+    let mut tar = tar::Archive::new(out.stdout.as_slice());
+    let mut links = BTreeMap::new();
+    for entry in tar.entries().unwrap() {
+        let entry = entry.unwrap();
+        let path = entry.path().unwrap().to_string_lossy().into_owned();
+        if ["leak", "hostroot", "dir"].contains(&path.as_str()) {
+            assert_eq!(entry.header().entry_type(), tar::EntryType::Symlink, "{path}");
+            links.insert(path, entry.link_name().unwrap().unwrap().into_owned());
+        }
+    }
+    assert_eq!(links.len(), 3, "{links:?}");
+    assert_eq!(links["leak"], secret);
+}
