@@ -176,3 +176,100 @@ fn tls_register_pop_log_result_failure_cancel_metrics_and_wrong_fingerprint() {
         .expect("the worker exits on SIGTERM");
     assert!(status.success(), "{status:?}");
 }
+
+/// Per scheduler lifetime, the most jobs each worker had at once (assign .. done/requeue).
+fn max_running(events: &str) -> std::collections::HashMap<String, usize> {
+    use std::collections::HashMap;
+    let mut running: HashMap<String, usize> = HashMap::new();
+    let mut max: HashMap<String, usize> = HashMap::new();
+    for line in events.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["listening", ..] => {
+                running.clear();
+            }
+            ["assign", w, _] => {
+                let n = running.entry(w.to_string()).or_default();
+                *n += 1;
+                let m = max.entry(w.to_string()).or_default();
+                *m = (*m).max(*n);
+            }
+            // A job runs until its result call ends (also when that fails on a disconnect).
+            ["result", w, _] => *running.entry(w.to_string()).or_default() -= 1,
+            _ => {}
+        }
+    }
+    max
+}
+
+#[test]
+fn three_workers_share_thirty_jobs_across_a_scheduler_restart() {
+    let envs: Vec<Env> = (0..3).map(|_| Env::new(Backend::Btrfs)).collect();
+    let dir = envs[0].work.path();
+    let exe = build_scheduler(dir);
+    let mut sched = Scheduler::start(&exe, &dir.join("sched"), 0);
+    for n in 0..30 {
+        sched.add_job(
+            &format!("job{n:02}"),
+            "",
+            &format!("((from busybox) (run (shell \"echo job-{n}-ran; sleep 1\")))\n"),
+        );
+    }
+    sched.restart();
+    let tls = Tls::start(dir, sched.port);
+    let cap = tls.cap_file(dir, &tls.fingerprint);
+    let mut workers: Vec<Proc> = envs
+        .iter()
+        .enumerate()
+        .map(|(i, env)| spawn_worker(env, &cap, &format!("w{i}"), 2, dir))
+        .collect();
+    let done = |s: &Scheduler| (0..30).filter(|n| s.result(&format!("job{n:02}")).is_some()).count();
+    // Kill the scheduler mid-queue and start it again on the same port.
+    assert!(
+        wait_for(Duration::from_secs(300), || (done(&sched) >= 8).then_some(())).is_some(),
+        "{}",
+        sched.events()
+    );
+    if let Some(mut p) = sched.proc.take() {
+        p.kill();
+    }
+    sched.restart();
+    let finished = wait_for(Duration::from_secs(600), || (done(&sched) == 30).then_some(()));
+    let events = sched.events();
+    assert!(finished.is_some(), "{events}");
+    for n in 0..30 {
+        let job = format!("job{n:02}");
+        let result = sched.result(&job).unwrap();
+        assert!(
+            result.starts_with("ok ") && is_snapshot_id(result.trim()[3..].trim()),
+            "{job}: {result}"
+        );
+        // A job whose first run finished just as the scheduler died is handed out again
+        // after the restart; its step is then found in the cache rather than run twice.
+        let log = sched.log(&job);
+        let ran = log.contains(&format!("job-{n}-ran\n"));
+        let cached = log.contains(&format!("job-{n}-ran; sleep 1")) && log.contains("from cache");
+        assert!(ran || cached, "{job}: {log}");
+        let completions = events
+            .lines()
+            .filter(|l| l.starts_with("done ") && l.ends_with(&format!(" {job}")))
+            .count();
+        assert_eq!(completions, 1, "{job} completed {completions} times:\n{events}");
+    }
+    for (worker, max) in max_running(&events) {
+        assert!(max <= 2, "{worker} ran {max} jobs at once:\n{events}");
+    }
+    let served: std::collections::HashSet<&str> = events
+        .lines()
+        .filter_map(|l| l.strip_prefix("done "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    assert_eq!(served.len(), 3, "not every worker ran jobs:\n{events}");
+    assert!(events.matches("listening").count() >= 3, "{events}");
+    for w in &mut workers {
+        let status = w
+            .terminate(Duration::from_secs(30))
+            .expect("the worker exits on SIGTERM");
+        assert!(status.success(), "{status:?}");
+    }
+}

@@ -40,6 +40,9 @@ pub struct JobState {
     pub log: JobLog,
     pub cancel: Cancel,
     outcome: watch::Sender<Option<Outcome>>,
+    /// The scheduler has the outcome (or dropped the job): only then is the slot free, as
+    /// the scheduler counts a job as running until its `result` call ends.
+    reported: watch::Sender<bool>,
 }
 
 impl JobState {
@@ -48,6 +51,7 @@ impl JobState {
             log: JobLog::default(),
             cancel,
             outcome: watch::Sender::new(None),
+            reported: watch::Sender::new(false),
         })
     }
 
@@ -66,6 +70,16 @@ impl JobState {
 
     pub fn outcome(&self) -> Option<Outcome> {
         self.outcome.borrow().clone()
+    }
+
+    pub fn mark_reported(&self) {
+        self.reported.send_replace(true);
+    }
+
+    /// Waits until the scheduler has the outcome or released the job.
+    pub async fn wait_reported(&self) {
+        let mut rx = self.reported.subscribe();
+        let _ = rx.wait_for(|r| *r).await;
     }
 
     /// Waits for the end.
@@ -99,6 +113,7 @@ impl Drop for JobServer {
         if self.state.outcome().is_none() {
             self.state.cancel.cancel();
         }
+        self.state.mark_reported();
     }
 }
 
@@ -118,7 +133,10 @@ impl job::Server for JobServer {
     }
 
     async fn result(self: Rc<Self>, _: job::ResultParams, mut results: job::ResultResults) -> Result<(), capnp::Error> {
-        match self.state.wait().await {
+        let outcome = self.state.wait().await;
+        // The answer goes out as this returns, before any later pop.
+        self.state.mark_reported();
+        match outcome {
             Outcome::Succeeded(id) => {
                 results.get().set_output(&id[..]);
                 Ok(())

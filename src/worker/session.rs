@@ -242,13 +242,22 @@ async fn session(
             }
         };
         let job_runner = runner.clone();
-        let spawned = std::thread::Builder::new().name("job".into()).spawn(move || {
-            job_runner.run(&descr, &state);
+        let job_state = state.clone();
+        let spawned = std::thread::Builder::new()
+            .name("job".into())
+            .spawn(move || job_runner.run(&descr, &job_state));
+        if let Err(e) = spawned {
+            state
+                .log
+                .write_str(&format!("Uncaught exception: starting the job: {e}\n"));
+            state.finish(Outcome::Internal);
+        }
+        // The slot frees once the job ended and the scheduler has its result.
+        tokio::task::spawn_local(async move {
+            state.wait().await;
+            state.wait_reported().await;
             drop(permit);
         });
-        if let Err(e) = spawned {
-            tracing::error!("starting a job thread: {e}");
-        }
     };
     // Stopping: cancel (or, draining, stop taking work and let them finish), wait for the
     // running jobs so their results reach the scheduler, then hang up.

@@ -128,6 +128,10 @@ impl Scheduler {
 
     /// (Re)starts on the same port (the first start picks one).
     pub fn restart(&mut self) {
+        // The old one first: the new one binds the same port.
+        if let Some(mut old) = self.proc.take() {
+            old.kill();
+        }
         let dir = self.out.parent().unwrap().to_owned();
         let port_file = dir.join("port");
         let _ = std::fs::remove_file(&port_file);

@@ -127,6 +127,7 @@ class State : public kj::TaskSet::ErrorHandler {
     auto log = readLog(job, t, 0).then([]() { return std::string(); },
                                        [](kj::Exception&& e) { return std::string(e.getDescription().cStr()); });
     return result.then([this, t, log = kj::mv(log)](std::string outcome) mutable {
+      event("result " + t->worker + " " + t->name);
       return log.then([this, t, outcome](std::string logError) -> kj::Promise<void> {
         if (outcome.rfind("disconnected ", 0) == 0) {
           event("requeue " + t->name + " " + t->worker);
