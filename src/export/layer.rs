@@ -275,7 +275,7 @@ mod tests {
     #[test]
     fn pax_record_lengths_count_themselves() {
         for (key, value) in [
-            ("k", "v".repeat(1)),
+            ("k", "v".to_owned()),
             ("SCHILY.xattr.user.a", "x".repeat(85)),
             ("a", "y".repeat(994)),
         ] {
