@@ -307,3 +307,26 @@ fn legacy_mount_flattens_before_the_page_limit() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The mount method follows the kernel: `lowerdir+` from Linux 6.8, `mount(2)` before.
+#[test]
+fn mount_method_is_detected_from_the_kernel() {
+    if std::env::var_os(mount::METHOD_ENV).is_some() {
+        return; // forced
+    }
+    let release = nix::sys::utsname::uname()
+        .unwrap()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    let expected = if version >= (6, 8) {
+        mount::Method::New
+    } else {
+        mount::Method::Legacy
+    };
+    assert_eq!(mount::method(), expected, "kernel {release}");
+}
