@@ -28,3 +28,21 @@ hardware() {
   kernel=$(uname -r)
   echo "$(nproc) x ${cpu:-unknown CPU}, ${mem} RAM, Linux ${kernel}, $(. /etc/os-release && echo "$PRETTY_NAME")"
 }
+
+# bench_commit: the commit the benchmarked tree is at (`git rev-parse --short HEAD`), with
+# `-dirty` when tracked files differ from it (uncommitted changes were built in).
+bench_commit() {
+  local rev
+  rev=$(git rev-parse --short HEAD 2>/dev/null) || { echo "unknown commit"; return 0; }
+  git diff --quiet HEAD -- 2>/dev/null || rev="$rev-dirty"
+  echo "$rev"
+}
+
+# bench_header SCRIPT [SETTINGS] [COMMIT]: the line under a section's title: what produced it,
+# when, at which commit (default: bench_commit now; pass the one taken when the binary was
+# built), in a release build, on which hardware.
+bench_header() {
+  local script=$1 settings=${2:-} commit=${3:-}
+  [ -n "$commit" ] || commit=$(bench_commit)
+  echo "\`$script\`${settings:+ ($settings)}, run on $(date -u +%Y-%m-%d) at commit $commit, release build. Hardware: $(hardware)."
+}
