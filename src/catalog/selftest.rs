@@ -49,8 +49,10 @@ impl Catalog {
             }
         };
         let result = write(None, &a).and_then(|_| write(Some(&a), &b)).and_then(|_| {
-            let item = store.result(&b)?.ok_or_else(|| broken("the committed item vanished"))?;
-            let content = std::fs::read(item.join("rootfs").join(a.as_str()))
+            // Through a view: on overlayfs `result/<id>/rootfs` is only a mount point while
+            // no view is held.
+            let view = store.rootfs(&b)?;
+            let content = std::fs::read(view.path().join(a.as_str()))
                 .map_err(|e| CatalogError::io("reading the clone", e))?;
             if content != b"healthcheck" {
                 return Err(broken("the clone lost its parent's data"));
