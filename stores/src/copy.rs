@@ -27,6 +27,9 @@ pub struct CopyOps {
     data: DataCopy,
     /// Set once the filesystem refused a reflink: later copies go straight to plain copies.
     reflink_refused: AtomicBool,
+    /// Whether a refused reflink is worth a warning (the `xfs:` store promises reflinks;
+    /// the overlay store's cache copies only try them).
+    warn_on_plain: bool,
 }
 
 impl CopyOps {
@@ -34,6 +37,15 @@ impl CopyOps {
         CopyOps {
             data,
             reflink_refused: AtomicBool::new(false),
+            warn_on_plain: true,
+        }
+    }
+
+    /// Like [`CopyOps::new`], but a filesystem refusing reflinks is only logged at debug level.
+    pub fn quiet(data: DataCopy) -> CopyOps {
+        CopyOps {
+            warn_on_plain: false,
+            ..CopyOps::new(data)
         }
     }
 
@@ -54,10 +66,12 @@ impl TreeOps for CopyOps {
     fn clone_writable(&self, src: &Path, dst: &Path) -> Result<(), StoreError> {
         let report = copy_tree(src, dst, self.data_copy())?;
         if report.reflink_refused && !self.reflink_refused.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                "the filesystem holding {} refuses reflinks; copying file data instead",
-                dst.display()
-            );
+            let holder = dst.display();
+            if self.warn_on_plain {
+                tracing::warn!("the filesystem holding {holder} refuses reflinks; copying file data instead");
+            } else {
+                tracing::debug!("the filesystem holding {holder} refuses reflinks; copying file data instead");
+            }
         }
         Ok(())
     }

@@ -83,7 +83,8 @@ pub fn json_steps(stderr: &str) -> Vec<JsonStep> {
     let mut steps = Vec::new();
     let mut heading = String::new();
     let mut output = String::new();
-    for line in stderr.lines() {
+    // Log lines (warnings) share stderr with the events: only `{...}` lines are events.
+    for line in stderr.lines().filter(|l| l.starts_with('{')) {
         let event: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON event: {line:?}: {e}"));
         let text = event["text"].as_str().unwrap_or_default();

@@ -28,7 +28,7 @@ pub struct CacheTrees(CopyOps);
 
 impl CacheTrees {
     pub fn new() -> CacheTrees {
-        CacheTrees(CopyOps::new(DataCopy::ReflinkOrPlain))
+        CacheTrees(CopyOps::quiet(DataCopy::ReflinkOrPlain))
     }
 }
 
