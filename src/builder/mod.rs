@@ -15,9 +15,9 @@ pub mod progress;
 mod scope;
 mod stage;
 mod step;
-pub mod workdir;
 #[cfg(test)]
 pub(crate) mod tests;
+pub mod workdir;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -52,8 +52,8 @@ impl Catalog {
             // Through a view: on overlayfs `result/<id>/rootfs` is only a mount point while
             // no view is held.
             let view = store.rootfs(&b)?;
-            let content = std::fs::read(view.path().join(a.as_str()))
-                .map_err(|e| CatalogError::io("reading the clone", e))?;
+            let content =
+                std::fs::read(view.path().join(a.as_str())).map_err(|e| CatalogError::io("reading the clone", e))?;
             if content != b"healthcheck" {
                 return Err(broken("the clone lost its parent's data"));
             }
