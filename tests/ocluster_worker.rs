@@ -12,24 +12,31 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{Backend, Env};
-use ocluster::{build_scheduler, wait_for, Proc, Scheduler, Tls};
+use ocluster::{build_scheduler, free_port, wait_for, Proc, Scheduler, Tls};
 
 fn spawn_worker(env: &Env, cap: &Path, name: &str, capacity: u32, dir: &Path) -> Proc {
+    spawn_worker_with(env, cap, name, capacity, dir, &[])
+}
+
+fn spawn_worker_with(env: &Env, cap: &Path, name: &str, capacity: u32, dir: &Path, extra: &[&str]) -> Proc {
     let state = dir.join(format!("state-{name}"));
-    let mut cmd = env.command(&[
+    let capacity = capacity.to_string();
+    let mut args = vec![
         "worker",
         "--connect",
         cap.to_str().unwrap(),
         "--name",
         name,
         "--capacity",
-        &capacity.to_string(),
+        &capacity,
         "--state-dir",
         state.to_str().unwrap(),
         "--reconnect-interval",
         "1s",
         "-v",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let mut cmd = env.command(&args);
     Proc::spawn(name, &mut cmd, &dir.join(format!("worker-{name}.log")))
 }
 
@@ -272,4 +279,188 @@ fn three_workers_share_thirty_jobs_across_a_scheduler_restart() {
             .expect("the worker exits on SIGTERM");
         assert!(status.success(), "{status:?}");
     }
+}
+
+/// Runs git in `dir` (a fixed identity), asserts success, returns its trimmed stdout.
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "test")
+        .env("GIT_AUTHOR_EMAIL", "test@example.org")
+        .env("GIT_COMMITTER_NAME", "test")
+        .env("GIT_COMMITTER_EMAIL", "test@example.org")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn commit_file(repo: &Path, file: &str, text: &str, message: &str) -> String {
+    std::fs::write(repo.join(file), text).unwrap();
+    git(repo, &["add", file]);
+    git(repo, &["commit", "-q", "-m", message]);
+    git(repo, &["rev-parse", "HEAD"])
+}
+
+fn store_ids(env: &Env) -> Vec<String> {
+    let out = env.strata(&["ls", "--json"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    rows.iter().map(|r| r["id"].as_str().unwrap().to_owned()).collect()
+}
+
+#[test]
+fn git_context_checks_out_the_listed_commit_and_merges_further_ones() {
+    let env = Env::new(Backend::Btrfs);
+    let dir = env.work.path();
+    // A repository served by `git daemon` on loopback (the worker takes git/http/https URLs):
+    // on main, A then B (B changes file.txt); on side, from A, C adds other.txt.
+    let served = dir.join("served");
+    let repo = served.join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    let a = commit_file(&repo, "file.txt", "content-of-commit-A\n", "A");
+    git(&repo, &["checkout", "-q", "-b", "side"]);
+    let c = commit_file(&repo, "other.txt", "content-of-side-C\n", "C");
+    git(&repo, &["checkout", "-q", "main"]);
+    let b = commit_file(&repo, "file.txt", "content-of-commit-B\n", "B");
+    let port = free_port();
+    let _daemon = Proc::spawn(
+        "git-daemon",
+        std::process::Command::new("git")
+            .arg("daemon")
+            .arg("--reuseaddr")
+            .arg("--export-all")
+            .arg("--listen=127.0.0.1")
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={}", served.display()))
+            .arg(&served),
+        &dir.join("git-daemon.log"),
+    );
+    let url = format!("git://127.0.0.1:{port}/repo");
+    wait_for(Duration::from_secs(10), || {
+        std::process::Command::new("git")
+            .args(["ls-remote", &url])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+    })
+    .expect("git daemon serves the repository");
+
+    let exe = build_scheduler(dir);
+    let mut sched = Scheduler::start(&exe, &dir.join("sched"), 0);
+    sched.add_job(
+        "first",
+        &format!("repository {url}\ncommit {a}\n"),
+        "((from busybox)\n (copy (src file.txt) (dst /f))\n (run (shell \"cat /f; ls /other.txt || echo no-other\")))\n",
+    );
+    sched.add_job(
+        "merged",
+        &format!("repository {url}\ncommit {b}\ncommit {c}\n"),
+        "((from busybox)\n (copy (src file.txt) (dst /f))\n (copy (src other.txt) (dst /o))\n (run (shell \"cat /f /o\")))\n",
+    );
+    sched.restart();
+    let tls = Tls::start(dir, sched.port);
+    let cap = tls.cap_file(dir, &tls.fingerprint);
+    let _worker = spawn_worker(&env, &cap, "g1", 1, dir);
+    let done = wait_for(Duration::from_secs(300), || {
+        ["first", "merged"]
+            .iter()
+            .all(|j| sched.result(j).is_some())
+            .then_some(())
+    });
+    assert!(
+        done.is_some(),
+        "events:\n{}\nworker log:\n{}",
+        sched.events(),
+        std::fs::read_to_string(dir.join("worker-g1.log")).unwrap_or_default()
+    );
+    for job in ["first", "merged"] {
+        let result = sched.result(job).unwrap();
+        let id = result
+            .trim()
+            .strip_prefix("ok ")
+            .unwrap_or_else(|| panic!("{job}: {result}\n{}", sched.log(job)));
+        assert!(is_snapshot_id(id), "{job}: {result}");
+        assert!(sched.log(job).ends_with("Job succeeded\n"), "{}", sched.log(job));
+    }
+    // The listed commit's file, not the branch tip's; nothing of the side branch.
+    let log = sched.log("first");
+    assert!(log.contains("content-of-commit-A\n"), "{log}");
+    assert!(!log.contains("content-of-commit-B"), "{log}");
+    assert!(log.contains("no-other\n"), "{log}");
+    // B with C merged in: B's file.txt and C's other.txt.
+    let log = sched.log("merged");
+    assert!(log.contains("content-of-commit-B\ncontent-of-side-C\n"), "{log}");
+    assert!(!log.contains("content-of-commit-A"), "{log}");
+}
+
+#[test]
+fn prune_threshold_goes_inactive_prunes_the_store_and_comes_back() {
+    let env = Env::new(Backend::Btrfs);
+    let dir = env.work.path();
+    // Items in the store before the worker starts.
+    let spec = env.spec("seed.spec", "((from busybox) (run (shell \"echo seeded > /seed\")))\n");
+    let (seed, _) = env.build_ok(&spec, &env.context("seed-ctx"), &[]);
+    let before = store_ids(&env);
+    assert!(before.contains(&seed), "{before:?}");
+
+    let exe = build_scheduler(dir);
+    let mut sched = Scheduler::start(&exe, &dir.join("sched"), 0);
+    sched.add_job(
+        "after-prune",
+        "",
+        "((from busybox) (run (shell \"echo ran-after-prune\")))\n",
+    );
+    sched.restart();
+    let tls = Tls::start(dir, sched.port);
+    let cap = tls.cap_file(dir, &tls.fingerprint);
+    // No store is ever 100% free: the worker prunes before every pop.
+    let _worker = spawn_worker_with(&env, &cap, "p1", 1, dir, &["--prune-threshold", "100"]);
+    let worker_log = || std::fs::read_to_string(dir.join("worker-p1.log")).unwrap_or_default();
+    // Before the first pop and again after the job: false then true, twice.
+    let events = wait_for(Duration::from_secs(300), || {
+        let events = sched.events();
+        (events.matches("active p1 1\n").count() >= 2).then_some(events)
+    })
+    .unwrap_or_else(|| panic!("events:\n{}\nworker log:\n{}", sched.events(), worker_log()));
+    // (The stand-in writes "done" after it read the log, which may be after the next prune began.)
+    let lines: Vec<&str> = events
+        .lines()
+        .filter(|l| l.starts_with("active ") || l.starts_with("assign "))
+        .collect();
+    assert_eq!(
+        lines.get(..5),
+        Some(
+            &[
+                "active p1 0",
+                "active p1 1",
+                "assign p1 after-prune",
+                "active p1 0",
+                "active p1 1",
+            ][..]
+        ),
+        "{events}"
+    );
+    assert!(
+        wait_for(Duration::from_secs(30), || sched.result("after-prune")).is_some(),
+        "{events}"
+    );
+    let result = sched.result("after-prune").unwrap();
+    let id = result.trim().strip_prefix("ok ").unwrap_or_else(|| panic!("{result}"));
+    assert!(is_snapshot_id(id), "{result}");
+    assert!(sched.log("after-prune").contains("ran-after-prune\n"));
+    // Both prunes emptied the store: the seeded items and the job's.
+    let after = store_ids(&env);
+    assert!(
+        after.is_empty(),
+        "left after the prunes: {after:?}\nworker log:\n{}",
+        worker_log()
+    );
+    assert!(worker_log().contains("pruned"), "{}", worker_log());
 }
