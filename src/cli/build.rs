@@ -10,18 +10,10 @@ use clap::Args;
 
 use super::backend::{self, BackendArgs, StoreArgs};
 use super::progress::{ProgressMode, StderrReporter};
+use super::step_args::StepArgs;
 use super::{exit, units, CliError, CliResult, GlobalArgs};
 use strata::builder::{guard, BuildOptions, ErrorKind};
-use strata_sandbox::{BindMount, Cancel, Limits, Seccomp, DEFAULT_PIDS_LIMIT};
-
-/// `--seccomp`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum SeccompArg {
-    /// Docker's default profile (namespaces, mounts, kernel keyrings, bpf... refused)
-    Default,
-    /// No filter
-    Unconfined,
-}
+use strata_sandbox::{BindMount, Cancel};
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
@@ -40,36 +32,11 @@ pub struct BuildArgs {
     /// Replay the logs of cached steps
     #[arg(long)]
     pub show_cached_logs: bool,
-    /// Memory limit per step (e.g. 2G; at least 6M)
-    #[arg(long, value_parser = units::parse_memory, value_name = "SIZE")]
-    pub memory: Option<u64>,
-    /// CPU limit per step (e.g. 1.5; at least 0.01)
-    #[arg(long, value_parser = units::parse_cpus, value_name = "CPUS")]
-    pub cpus: Option<f64>,
-    /// Process limit per step (0: no limit)
-    #[arg(long = "pids-limit", value_name = "N", default_value_t = DEFAULT_PIDS_LIMIT)]
-    pub pids_limit: u64,
-    /// Kill a step that runs longer (e.g. 30m)
-    #[arg(long = "step-timeout", value_parser = units::parse_positive_duration, value_name = "DURATION")]
-    pub step_timeout: Option<Duration>,
     /// Cancel the whole build after this long (e.g. 2h)
     #[arg(long, value_parser = units::parse_positive_duration, value_name = "DURATION")]
     pub timeout: Option<Duration>,
-    /// Kill a step whose output passes this size
-    #[arg(long = "log-limit", value_parser = units::parse_positive_size, default_value = "100M", value_name = "SIZE")]
-    pub log_limit: u64,
-    /// Make sync/fsync no-ops inside steps (faster; a crash may lose the step's writes)
-    #[arg(long = "fast-sync")]
-    pub fast_sync: bool,
-    /// The steps' syscall filter: Docker's default profile, or none
-    #[arg(long, value_enum, default_value_t = SeccompArg::Default, value_name = "PROFILE")]
-    pub seccomp: SeccompArg,
-    /// Set no_new_privs in steps: setuid programs (sudo, su) no longer gain privileges
-    #[arg(long = "no-new-privileges")]
-    pub no_new_privileges: bool,
-    /// Refuse specs that use (network host)
-    #[arg(long = "no-host-network")]
-    pub no_host_network: bool,
+    #[command(flatten)]
+    pub steps: StepArgs,
     /// Bind a host path read-only into every step: HOST:TARGET (repeatable)
     #[arg(long = "sandbox-path", value_name = "HOST:TARGET")]
     pub sandbox_path: Vec<String>,
@@ -129,7 +96,7 @@ pub fn run(global: &GlobalArgs, args: BuildArgs) -> CliResult {
     let interrupted = cancel_on_signals(&cancel);
     let spec = strata::spec::load_spec(&args.file).map_err(CliError::usage)?;
     let policy = guard::Policy {
-        no_host_network: args.no_host_network,
+        no_host_network: args.steps.no_host_network,
     };
     let findings = guard::build_findings(&spec, &policy);
     if !findings.is_empty() {
@@ -149,23 +116,9 @@ pub fn run(global: &GlobalArgs, args: BuildArgs) -> CliResult {
     let options = BuildOptions {
         context,
         secrets: backend::read_secrets(&args.secret)?,
-        limits: Limits {
-            memory_bytes: args.memory,
-            cpus: args.cpus,
-            // 0: no limit.
-            pids: Some(args.pids_limit).filter(|&n| n > 0),
-        },
-        step_timeout: args.step_timeout,
-        log_limit: Some(args.log_limit),
-        fast_sync: args.fast_sync,
-        seccomp: match args.seccomp {
-            SeccompArg::Default => Seccomp::Default,
-            SeccompArg::Unconfined => Seccomp::Unconfined,
-        },
-        no_new_privileges: args.no_new_privileges,
-        no_host_network: args.no_host_network,
         extra_mounts: sandbox_paths(&args.sandbox_path)?,
         show_cached_logs: args.show_cached_logs,
+        ..args.steps.options()
     };
     let builder = backend::open_builder(global, &args.store, &args.backend)?;
     let timed_out = Arc::new(AtomicBool::new(false));

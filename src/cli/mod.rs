@@ -17,6 +17,7 @@ pub mod man;
 pub mod mount;
 pub mod progress;
 pub mod prune;
+pub mod step_args;
 pub mod units;
 pub mod verify;
 pub mod worker;

@@ -9,13 +9,11 @@ use std::time::Duration;
 use clap::Args;
 
 use super::backend::{self, BackendArgs, StoreArgs};
-use super::build::SeccompArg;
+use super::step_args::StepArgs;
 use super::{exit, units, CliError, CliResult, GlobalArgs};
-use strata::builder::BuildOptions;
 use strata::worker::cap_uri::CapUri;
 use strata::worker::run::Runner;
 use strata::worker::session::{self, Stop};
-use strata_sandbox::{Limits, Seccomp, DEFAULT_PIDS_LIMIT};
 
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
@@ -43,33 +41,8 @@ pub struct WorkerArgs {
     /// At most one connection attempt per interval
     #[arg(long = "reconnect-interval", default_value = "10s", value_parser = units::parse_duration, hide = true)]
     pub reconnect_interval: Duration,
-    /// Memory limit per step (e.g. 2G; at least 6M)
-    #[arg(long, value_parser = units::parse_memory, value_name = "SIZE")]
-    pub memory: Option<u64>,
-    /// CPU limit per step (e.g. 1.5; at least 0.01)
-    #[arg(long, value_parser = units::parse_cpus, value_name = "CPUS")]
-    pub cpus: Option<f64>,
-    /// Process limit per step (0: no limit)
-    #[arg(long = "pids-limit", value_name = "N", default_value_t = DEFAULT_PIDS_LIMIT)]
-    pub pids_limit: u64,
-    /// Kill a step that runs longer (e.g. 30m)
-    #[arg(long = "step-timeout", value_parser = units::parse_positive_duration, value_name = "DURATION")]
-    pub step_timeout: Option<Duration>,
-    /// Kill a step whose output passes this size
-    #[arg(long = "log-limit", value_parser = units::parse_positive_size, default_value = "100M", value_name = "SIZE")]
-    pub log_limit: u64,
-    /// Make sync/fsync no-ops inside steps
-    #[arg(long = "fast-sync")]
-    pub fast_sync: bool,
-    /// The steps' syscall filter: Docker's default profile, or none
-    #[arg(long, value_enum, default_value_t = SeccompArg::Default, value_name = "PROFILE")]
-    pub seccomp: SeccompArg,
-    /// Set no_new_privs in steps
-    #[arg(long = "no-new-privileges")]
-    pub no_new_privileges: bool,
-    /// Fail jobs whose spec uses (network host)
-    #[arg(long = "no-host-network")]
-    pub no_host_network: bool,
+    #[command(flatten)]
+    pub steps: StepArgs,
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]
@@ -92,23 +65,7 @@ pub fn run(global: &GlobalArgs, args: WorkerArgs) -> CliResult {
     let uri = CapUri::read(&args.connect).map_err(CliError::usage)?;
     std::fs::create_dir_all(&args.state_dir)
         .map_err(|e| CliError::environment(anyhow::anyhow!("creating {}: {e}", args.state_dir.display())))?;
-    let options = BuildOptions {
-        limits: Limits {
-            memory_bytes: args.memory,
-            cpus: args.cpus,
-            pids: Some(args.pids_limit).filter(|&n| n > 0),
-        },
-        step_timeout: args.step_timeout,
-        log_limit: Some(args.log_limit),
-        fast_sync: args.fast_sync,
-        seccomp: match args.seccomp {
-            SeccompArg::Default => Seccomp::Default,
-            SeccompArg::Unconfined => Seccomp::Unconfined,
-        },
-        no_new_privileges: args.no_new_privileges,
-        no_host_network: args.no_host_network,
-        ..BuildOptions::default()
-    };
+    let options = args.steps.options();
     let builder = backend::open_builder(global, &args.store, &args.backend)?;
     let runner = Arc::new(Runner {
         name: args.name,
