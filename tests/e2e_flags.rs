@@ -157,14 +157,20 @@ fn field<'a>(text: &'a str, key: &str) -> &'a str {
 }
 
 /// The host's view of `/proc/PID/cgroup` of the process whose command line is `marker`.
+/// Looked for until it appears: the step prints its line right after forking the marker,
+/// which may not have exec'd yet (the test flaked on that race under load).
 fn marker_cgroups(marker: &str) -> String {
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).replace('\0', " ").trim() == marker {
-            if let Ok(text) = std::fs::read_to_string(entry.path().join("cgroup")) {
-                return text;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).replace('\0', " ").trim() == marker {
+                if let Ok(text) = std::fs::read_to_string(entry.path().join("cgroup")) {
+                    return text;
+                }
             }
         }
+        std::thread::sleep(Duration::from_millis(20));
     }
     panic!("no process {marker:?} on the host");
 }
@@ -216,8 +222,10 @@ fn host_cgroup_file(step_cgroups: &str, v1: (&str, &str), v2: &str) -> Option<(P
 fn cgroup_limits_reach_the_step() {
     let env = Env::new(Backend::Overlayfs);
     let ctx = env.context("ctx");
-    // 1. A marker process (its cgroups are the step's), then 2 s of two busy loops (the test reads the host's cgroup files
-    // meanwhile), then a 100 MiB buffer, then up to 40 background sleeps.
+    // 1. A marker process (its cgroups are the step's; it lives until the step's end, so a
+    // loaded host still finds it: it was killed after the busy loops, and the test flaked under
+    // load), then 2 s of two busy loops (the test reads the host's cgroup files meanwhile),
+    // then a 100 MiB buffer, then up to 40 background sleeps.
     let script = |tag: &str| {
         format!(
             r#"((from busybox)
@@ -226,11 +234,11 @@ fn cgroup_limits_reach_the_step() {
   spin & a=$!; spin & b=$!
   echo wall-start=$(cut -d' ' -f1 /proc/uptime); sleep 2
   set -- $(cut -d' ' -f14,15 /proc/$a/stat) $(cut -d' ' -f14,15 /proc/$b/stat)
-  echo wall-end=$(cut -d' ' -f1 /proc/uptime); kill $a $b $m; wait
+  echo wall-end=$(cut -d' ' -f1 /proc/uptime); kill $a $b; wait $a $b
   echo cpu-ticks=$(($1 + $2 + $3 + $4))
   dd if=/dev/zero of=/dev/null bs=100M count=1 2>/dev/null; echo dd-exit=$?
   (i=0; while [ $i -lt 40 ]; do sleep 20 & i=$((i + 1)); echo $i > /tmp/forks; done) 2>/dev/null
-  read n < /tmp/forks; echo forks=$n"))
+  read n < /tmp/forks; echo forks=$n; kill $m"))
  )"#
         )
     };
