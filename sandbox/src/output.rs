@@ -13,6 +13,15 @@ pub struct PumpReport {
     pub limit_exceeded: bool,
 }
 
+/// The line written to the log when a step is cancelled.
+pub const CANCELLED_MESSAGE: &str = "\nstrata: step cancelled, killed\n";
+
+/// The line written to the log when a step runs past its timeout (`config.timeout`).
+pub fn timeout_message(timeout: Option<std::time::Duration>) -> String {
+    let secs = timeout.map(|t| t.as_secs_f64()).unwrap_or(0.0);
+    format!("\nstrata: step timed out after {secs}s, killed\n")
+}
+
 /// The line written to the log when the cap is hit.
 pub fn limit_message(limit: u64) -> String {
     format!("\nstrata: log limit of {limit} bytes exceeded, step killed\n")

@@ -520,12 +520,11 @@ impl Sandbox for OciSandbox {
         };
         let outcome = match stop {
             Some(Stop::TimedOut) => {
-                let secs = config.timeout.map(|t| t.as_secs_f64()).unwrap_or(0.0);
-                log.write(format!("\nstrata: step timed out after {secs}s, killed\n").as_bytes());
+                log.write(crate::output::timeout_message(config.timeout).as_bytes());
                 Outcome::TimedOut
             }
             Some(Stop::Cancelled) => {
-                log.write(b"\nstrata: step cancelled, killed\n");
+                log.write(crate::output::CANCELLED_MESSAGE.as_bytes());
                 Outcome::Cancelled
             }
             Some(Stop::LogLimit) => Outcome::LogLimitExceeded,

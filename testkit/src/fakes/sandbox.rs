@@ -615,12 +615,11 @@ impl FakeSandbox {
             match stopped {
                 Ok(()) => {}
                 Err(Stop::Cancelled) => {
-                    log.write(b"\nstrata: step cancelled, killed\n");
+                    log.write(strata_sandbox::output::CANCELLED_MESSAGE.as_bytes());
                     return Ok(Outcome::Cancelled);
                 }
                 Err(Stop::TimedOut) => {
-                    let secs = config.timeout.map(|t| t.as_secs_f64()).unwrap_or(0.0);
-                    log.write(format!("\nstrata: step timed out after {secs}s, killed\n").as_bytes());
+                    log.write(strata_sandbox::output::timeout_message(config.timeout).as_bytes());
                     return Ok(Outcome::TimedOut);
                 }
             }
